@@ -1,0 +1,1 @@
+"""Fused residual add + RMSNorm / LayerNorm: `ref.py` (PyTorch spec), `fused.py` (Triton)."""

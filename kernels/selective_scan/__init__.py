@@ -1,0 +1,1 @@
+"""Selective scan: `ref.py` (PyTorch spec), `scan.py` (Triton fused scan), `step.py` (decoding)."""
