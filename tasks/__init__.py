@@ -1,0 +1,1 @@
+"""Modality front-ends (tokenizers, embeddings, heads, data) around the shared Mamba backbone."""
