@@ -1,0 +1,55 @@
+"""Pre-norm residual block: Add -> Norm -> Mixer, returning `(hidden, residual)` so the add fuses into the norm."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import kernels
+from backbone.cache import LayerCache
+from backbone.config import MambaConfig
+from backbone.mixer import MambaMixer
+
+
+class AddNorm(nn.Module):
+    """RMSNorm or LayerNorm over the last dim, with an optional fused residual add (see `kernels.rms_norm`)."""
+
+    def __init__(self, hidden: int, *, rms: bool, eps: float) -> None:
+        super().__init__()
+        self.rms, self.eps = rms, eps
+        self.weight = nn.Parameter(torch.ones(hidden))
+        self.bias = None if rms else nn.Parameter(torch.zeros(hidden))
+
+    def forward(self, x, residual=None, *, prenorm: bool = False, residual_in_fp32: bool = False):
+        norm = kernels.rms_norm if self.rms else kernels.layer_norm
+        return norm(
+            x, self.weight, self.bias, residual, eps=self.eps, prenorm=prenorm, residual_in_fp32=residual_in_fp32
+        )
+
+
+class MambaBlock(nn.Module):
+    def __init__(self, config: MambaConfig) -> None:
+        super().__init__()
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.norm = AddNorm(config.d_model, rms=config.rms_norm, eps=config.norm_epsilon)
+        self.mixer = MambaMixer(config)
+
+    def _add_norm(self, hidden, residual):
+        return self.norm(hidden, residual, prenorm=True, residual_in_fp32=self.residual_in_fp32)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
+        *,
+        continuing: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`hidden`, `residual`: `[B, L, D]` (residual None in the first block) -> (mixer output, new residual)."""
+        normed, residual = self._add_norm(hidden, residual)
+        return self.mixer(normed, cache, continuing=continuing), residual
+
+    def step(self, hidden: torch.Tensor, residual: torch.Tensor | None, cache: LayerCache):
+        """Decoding: `[B, D]` tensors, same contract as `forward`."""
+        normed, residual = self._add_norm(hidden, residual)
+        return self.mixer.step(normed, cache), residual
