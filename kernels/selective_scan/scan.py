@@ -1,0 +1,479 @@
+"""Selective scan (Mamba S6) in Triton: one fused forward kernel and one reverse-scan backward kernel.
+
+Math (the spec is `kernels/selective_scan/ref.py`), per batch b, channel d, state n, step t::
+
+    dt[t]  = softplus(delta[t] + delta_bias)             (softplus only with delta_softplus)
+    a[t]   = exp(dt[t] * A[d, n])                        (computed as exp2(dt * A * log2(e)))
+    h[t]   = a[t] * h[t-1] + dt[t] * B[n, t] * u[t]      h[-1] = initial_state (or 0)
+    y[t]   = sum_n C[n, t] * h[t, n] + D[d] * u[t]
+    out[t] = y[t] * silu(z[t])
+
+Forward. One program owns `BLOCK_D` channels of one sequence and keeps their state `[BLOCK_D, DSTATE]` in fp32
+registers. It walks time in chunks of `BLOCK_L` steps: it loads u/delta/z as `[BLOCK_D, BLOCK_L]` tiles and B/C as
+`[DSTATE, BLOCK_L]` tiles (once for all its channels), and solves the chunk's linear recurrence with
+`tl.associative_scan` over the pairs `(a, dt*B*u)` with `(a1, b1) . (a2, b2) = (a1*a2, a2*b1 + b2)`; the state at the
+chunk's start enters as `h[t] = scan_b[t] + scan_a[t] * h_start`. When gradients are needed, the state at the start of
+every chunk is saved (fp32, `(batch, dim, n_chunks, dstate)`): that is all the backward needs.
+
+Backward. With `g[t] = dL/dh[t]` the adjoint obeys the reverse recurrence::
+
+    g[t] = a[t+1] * g[t+1] + C[n, t] * dy[t]          g[L-1] = C dy + dL/d(last_state)
+
+which is the same scan run backwards over `(a[t+1], C*dy)`. Each program walks the chunks from the last to the first,
+recomputes the chunk's forward states from the saved chunk-start state, scans the adjoint, and forms, with
+`a[t] * h[t-1] = h[t] - dt*B*u` (no shifted read of h)::
+
+    du[t]     = dt * sum_n g B + D dy                  ddt[t] = sum_n g A (h - dt B u) + u sum_n g B
+    dA[d, n] += sum_t g dt (h - dt B u)                dB[n, t] += sum_d g dt u      dC[n, t] += sum_d dy h
+    dD       += sum_t dy u                             d initial_state = a[0] * g[0]
+    ddelta    = ddt * sigmoid(delta + delta_bias)      (with softplus)
+
+dB/dC (shared by channels) and dA/dD/d delta_bias (shared by the batch) are summed across programs with fp32 atomics.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+import kernels._triton_utils  # noqa: F401  (interpreter fix-up)
+
+__all__ = ["selective_scan"]
+
+_LOG2E = 1.4426950408889634
+
+# Block shapes, chosen per dstate on an H100 (see kernels/NOTES.md). BLOCK_L is also the interval at which the forward
+# saves states for the backward, so the forward and the backward share it.
+CONFIGS: dict[str, dict[int, dict[str, int]]] = {
+    "fwd": {16: dict(BLOCK_D=8, BLOCK_L=32, num_warps=4), 64: dict(BLOCK_D=4, BLOCK_L=32, num_warps=8)},
+    "bwd": {16: dict(BLOCK_D=8, BLOCK_L=32, num_warps=8), 64: dict(BLOCK_D=2, BLOCK_L=32, num_warps=8)},
+}
+
+
+def _config(kind: str, dstate: int) -> dict[str, int]:
+    table = CONFIGS[kind]
+    key = min((k for k in table if k >= dstate), default=max(table))
+    return dict(table[key])
+
+
+@triton.jit
+def _scan_combine(a1, b1, a2, b2):
+    # (a1, b1) comes first in scan order: h = a2 * (a1 * h0 + b1) + b2.
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # torch.nn.functional.softplus with its default threshold of 20.
+    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))), x)
+
+
+@triton.jit
+def _selective_scan_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, init_ptr,
+    out_ptr, last_state_ptr, states_ptr,
+    dim, dstate, seqlen, n_chunks, channels_per_group,
+    stride_u_b, stride_u_d, stride_delta_b, stride_delta_d, stride_z_b, stride_z_d,
+    stride_A_d, stride_B_b, stride_B_g, stride_B_n, stride_C_b, stride_C_g, stride_C_n,
+    stride_init_b, stride_init_d,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr,
+    DELTA_SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    offs_l = tl.arange(0, BLOCK_L)  # [BLOCK_L]
+    mask_d = offs_d < dim
+    mask_n = offs_n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]  # [BLOCK_D, BLOCK_N]
+    offs_d64 = offs_d.to(tl.int64)
+    group = (pid_d * BLOCK_D) // channels_per_group  # every channel of a program is in one group
+
+    A2 = tl.load(A_ptr + offs_d64[:, None] * stride_A_d + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    A2 = A2 * 1.4426950408889634  # [BLOCK_D, BLOCK_N]
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_DELTA_BIAS:
+        bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+
+    u_rows = u_ptr + pid_b * stride_u_b + offs_d64[:, None] * stride_u_d  # [BLOCK_D, 1]
+    delta_rows = delta_ptr + pid_b * stride_delta_b + offs_d64[:, None] * stride_delta_d
+    out_rows = out_ptr + pid_b * dim * seqlen + offs_d64[:, None] * seqlen
+    if HAS_Z:
+        z_rows = z_ptr + pid_b * stride_z_b + offs_d64[:, None] * stride_z_d
+    B_rows = B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n[:, None] * stride_B_n  # [BLOCK_N, 1]
+    C_rows = C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n[:, None] * stride_C_n
+    state_offs = (pid_b * dim + offs_d64[:, None]) * dstate + offs_n[None, :]  # [BLOCK_D, BLOCK_N]
+
+    if HAS_INITIAL_STATE:
+        init_ptrs = init_ptr + pid_b * stride_init_b + offs_d64[:, None] * stride_init_d + offs_n[None, :]
+        h = tl.load(init_ptrs, mask=mask_dn, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+
+    for chunk in range(0, n_chunks):
+        if SAVE_STATES:
+            chunk_offs = ((pid_b * dim + offs_d64[:, None]) * n_chunks + chunk) * dstate + offs_n[None, :]
+            tl.store(states_ptr + chunk_offs, h, mask=mask_dn)
+        t = chunk * BLOCK_L + offs_l  # [BLOCK_L]
+        mask_t = t < seqlen
+        mask_dt = mask_d[:, None] & mask_t[None, :]  # [BLOCK_D, BLOCK_L]
+        mask_nt = mask_n[:, None] & mask_t[None, :]  # [BLOCK_N, BLOCK_L]
+        u = tl.load(u_rows + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+        dt = tl.load(delta_rows + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+        if HAS_DELTA_BIAS:
+            dt += bias[:, None]
+        if DELTA_SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(mask_dt, dt, 0.0)  # padding steps: decay 1, input 0
+        Bt = tl.load(B_rows + t[None, :], mask=mask_nt, other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_L]
+        Ct = tl.load(C_rows + t[None, :], mask=mask_nt, other=0.0).to(tl.float32)
+
+        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])  # [BLOCK_D, BLOCK_N, BLOCK_L]
+        inp = (dt * u)[:, None, :] * Bt[None, :, :]  # [BLOCK_D, BLOCK_N, BLOCK_L]
+        run_decay, run_inp = tl.associative_scan((decay, inp), axis=2, combine_fn=_scan_combine)
+        hs = run_inp + run_decay * h[:, :, None]  # [BLOCK_D, BLOCK_N, BLOCK_L]
+        y = tl.sum(hs * Ct[None, :, :], axis=1)  # [BLOCK_D, BLOCK_L]
+        h = tl.sum(tl.where(offs_l[None, None, :] == BLOCK_L - 1, hs, 0.0), axis=2)  # [BLOCK_D, BLOCK_N]
+
+        if HAS_D:
+            y += Dv[:, None] * u
+        if HAS_Z:
+            zt = tl.load(z_rows + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+            y *= zt * tl.sigmoid(zt)
+        tl.store(out_rows + t[None, :], y.to(out_ptr.dtype.element_ty), mask=mask_dt)
+
+    tl.store(last_state_ptr + state_offs, h, mask=mask_dn)
+
+
+@triton.jit
+def _selective_scan_bwd_kernel(
+    dout_ptr, dlast_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, states_ptr,
+    du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, ddelta_bias_ptr, dinit_ptr,
+    dim, dstate, seqlen, n_chunks, channels_per_group, groups,
+    stride_u_b, stride_u_d, stride_delta_b, stride_delta_d, stride_z_b, stride_z_d,
+    stride_A_d, stride_B_b, stride_B_g, stride_B_n, stride_C_b, stride_C_g, stride_C_n,
+    stride_dout_b, stride_dout_d,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
+    HAS_INITIAL_STATE: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    offs_l = tl.arange(0, BLOCK_L)  # [BLOCK_L]
+    mask_d = offs_d < dim
+    mask_n = offs_n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    offs_d64 = offs_d.to(tl.int64)
+    group = (pid_d * BLOCK_D) // channels_per_group
+
+    A = tl.load(A_ptr + offs_d64[:, None] * stride_A_d + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634  # [BLOCK_D, BLOCK_N]
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_DELTA_BIAS:
+        bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+
+    u_rows = u_ptr + pid_b * stride_u_b + offs_d64[:, None] * stride_u_d  # [BLOCK_D, 1]
+    delta_rows = delta_ptr + pid_b * stride_delta_b + offs_d64[:, None] * stride_delta_d
+    dout_rows = dout_ptr + pid_b * stride_dout_b + offs_d64[:, None] * stride_dout_d
+    grad_rows = pid_b * dim * seqlen + offs_d64[:, None] * seqlen  # du/ddelta/dz are contiguous
+    if HAS_Z:
+        z_rows = z_ptr + pid_b * stride_z_b + offs_d64[:, None] * stride_z_d
+    B_rows = B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n[:, None] * stride_B_n  # [BLOCK_N, 1]
+    C_rows = C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n[:, None] * stride_C_n
+    dBC_rows = ((pid_b * groups + group) * dstate + offs_n[:, None]) * seqlen  # fp32 (batch, groups, dstate, seqlen)
+    state_offs = (pid_b * dim + offs_d64[:, None]) * dstate + offs_n[None, :]  # [BLOCK_D, BLOCK_N]
+
+    if HAS_DLAST:
+        g_next = tl.load(dlast_ptr + state_offs, mask=mask_dn, other=0.0).to(tl.float32)  # dL/dh[chunk end + 1]
+    else:
+        g_next = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+
+    for i in range(0, n_chunks):
+        chunk = n_chunks - 1 - i
+        t = chunk * BLOCK_L + offs_l  # [BLOCK_L]
+        mask_t = t < seqlen
+        mask_t1 = (t + 1) < seqlen
+        mask_dt = mask_d[:, None] & mask_t[None, :]  # [BLOCK_D, BLOCK_L]
+        mask_dt1 = mask_d[:, None] & mask_t1[None, :]
+        mask_nt = mask_n[:, None] & mask_t[None, :]  # [BLOCK_N, BLOCK_L]
+
+        u = tl.load(u_rows + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+        dt_raw = tl.load(delta_rows + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+        dt_next = tl.load(delta_rows + t[None, :] + 1, mask=mask_dt1, other=0.0).to(tl.float32)
+        if HAS_DELTA_BIAS:
+            dt_raw += bias[:, None]
+            dt_next += bias[:, None]
+        if DELTA_SOFTPLUS:
+            dt = _softplus(dt_raw)
+            dt_next = _softplus(dt_next)
+        else:
+            dt = dt_raw
+        dt = tl.where(mask_dt, dt, 0.0)
+        dt_next = tl.where(mask_dt1, dt_next, 0.0)
+        Bt = tl.load(B_rows + t[None, :], mask=mask_nt, other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_L]
+        Ct = tl.load(C_rows + t[None, :], mask=mask_nt, other=0.0).to(tl.float32)
+        dout = tl.load(dout_rows + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+
+        # Recompute the chunk's forward states from the saved chunk-start state.
+        chunk_offs = ((pid_b * dim + offs_d64[:, None]) * n_chunks + chunk) * dstate + offs_n[None, :]
+        h0 = tl.load(states_ptr + chunk_offs, mask=mask_dn, other=0.0)  # [BLOCK_D, BLOCK_N]
+        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])  # [BLOCK_D, BLOCK_N, BLOCK_L]
+        dtu = dt * u  # [BLOCK_D, BLOCK_L]
+        inp = dtu[:, None, :] * Bt[None, :, :]  # [BLOCK_D, BLOCK_N, BLOCK_L]
+        run_decay, run_inp = tl.associative_scan((decay, inp), axis=2, combine_fn=_scan_combine)
+        hs = run_inp + run_decay * h0[:, :, None]  # [BLOCK_D, BLOCK_N, BLOCK_L]
+
+        dy = dout
+        if HAS_Z:
+            zt = tl.load(z_rows + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+            y = tl.sum(hs * Ct[None, :, :], axis=1)  # [BLOCK_D, BLOCK_L]
+            if HAS_D:
+                y += Dv[:, None] * u
+            sig_z = tl.sigmoid(zt)
+            dz = dout * y * sig_z * (1.0 + zt * (1.0 - sig_z))
+            tl.store(dz_ptr + grad_rows + t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask_dt)
+            dy = dout * zt * sig_z
+        if HAS_D:
+            dD_acc += tl.sum(dy * u, axis=1)
+
+        # Adjoint: reverse scan over (a[t+1], C[t] * dy[t]), then the carry from the next chunk.
+        decay_next = tl.exp2(dt_next[:, None, :] * A2[:, :, None])  # [BLOCK_D, BLOCK_N, BLOCK_L]
+        x = dy[:, None, :] * Ct[None, :, :]  # [BLOCK_D, BLOCK_N, BLOCK_L]
+        run_decay_next, run_x = tl.associative_scan(
+            (decay_next, x), axis=2, combine_fn=_scan_combine, reverse=True
+        )
+        g = run_x + run_decay_next * g_next[:, :, None]  # [BLOCK_D, BLOCK_N, BLOCK_L]
+        g_next = tl.sum(tl.where(offs_l[None, None, :] == 0, g, 0.0), axis=2)  # dL/dh at the chunk's start
+
+        gB = tl.sum(g * Bt[None, :, :], axis=1)  # [BLOCK_D, BLOCK_L]
+        du = dt * gB
+        if HAS_D:
+            du += Dv[:, None] * dy
+        tl.store(du_ptr + grad_rows + t[None, :], du.to(du_ptr.dtype.element_ty), mask=mask_dt)
+        g_ah = g * (hs - inp)  # g * a[t] * h[t-1], [BLOCK_D, BLOCK_N, BLOCK_L]
+        dA_acc += tl.sum(g_ah * dt[:, None, :], axis=2)
+        ddt = tl.sum(g_ah * A[:, :, None], axis=1) + u * gB  # [BLOCK_D, BLOCK_L]
+        if DELTA_SOFTPLUS:
+            ddt = ddt * tl.sigmoid(dt_raw)
+        ddt = tl.where(mask_dt, ddt, 0.0)
+        dbias_acc += tl.sum(ddt, axis=1)
+        tl.store(ddelta_ptr + grad_rows + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_dt)
+
+        dB = tl.sum(g * dtu[:, None, :], axis=0)  # [BLOCK_N, BLOCK_L]
+        dC = tl.sum(hs * dy[:, None, :], axis=0)  # [BLOCK_N, BLOCK_L]
+        tl.atomic_add(dB_ptr + dBC_rows + t[None, :], dB, mask=mask_nt)
+        tl.atomic_add(dC_ptr + dBC_rows + t[None, :], dC, mask=mask_nt)
+
+    tl.atomic_add(dA_ptr + offs_d64[:, None] * dstate + offs_n[None, :], dA_acc, mask=mask_dn)
+    if HAS_D:
+        tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d)
+    if HAS_DELTA_BIAS:
+        tl.atomic_add(ddelta_bias_ptr + offs_d, dbias_acc, mask=mask_d)
+    if HAS_INITIAL_STATE:
+        # d h[-1] = a[0] * g[0]; g_next now holds g[0].
+        dt0 = tl.load(delta_rows, mask=mask_d[:, None], other=0.0).to(tl.float32)  # [BLOCK_D, 1]
+        if HAS_DELTA_BIAS:
+            dt0 += bias[:, None]
+        if DELTA_SOFTPLUS:
+            dt0 = _softplus(dt0)
+        dinit = tl.exp2(dt0 * A2) * g_next  # [BLOCK_D, BLOCK_N]
+        tl.store(dinit_ptr + state_offs, dinit, mask=mask_dn)
+
+
+def _block_d(block_d: int, dim: int, groups: int) -> int:
+    """Largest power of two <= block_d that keeps every program's channels in one B/C group."""
+    per_group = dim // groups
+    if groups == 1:
+        return block_d
+    while block_d > 1 and per_group % block_d:
+        block_d //= 2
+    return block_d
+
+
+def _split_bc(BC: torch.Tensor) -> tuple[int, int, int, int]:
+    """(groups, stride_b, stride_g, stride_n) of `(b, n, l)` or `(b, g, n, l)` B/C."""
+    if BC.dim() == 3:
+        return 1, BC.stride(0), 0, BC.stride(1)
+    return BC.shape[1], BC.stride(0), BC.stride(1), BC.stride(2)
+
+
+def _n_chunks(seqlen: int, dstate: int) -> int:
+    return triton.cdiv(max(seqlen, 1), _config("bwd", dstate)["BLOCK_L"])
+
+
+def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states):
+    """Launch the forward. Returns out `(b, d, l)` u.dtype, last_state `(b, d, n)` fp32 and, when `save_states`,
+    the chunk-start states `(b, d, n_chunks, n)` fp32 (else an empty tensor)."""
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    groups, sBb, sBg, sBn = _split_bc(B)
+    _, sCb, sCg, sCn = _split_bc(C)
+    cfg = _config("fwd", dstate)
+    block_l = _config("bwd", dstate)["BLOCK_L"]
+    n_chunks = _n_chunks(seqlen, dstate)
+    cfg["BLOCK_L"] = block_l  # the saved chunk-start states must line up with the backward's chunks
+    block_d = _block_d(cfg.pop("BLOCK_D"), dim, groups)
+    out = torch.empty_like(u, memory_format=torch.contiguous_format)
+    last_state = torch.empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
+    states = torch.empty(batch, dim, n_chunks if save_states else 0, dstate, device=u.device, dtype=torch.float32)
+    if seqlen == 0:
+        last_state.copy_(initial_state if initial_state is not None else torch.zeros_like(last_state))
+        return out, last_state, states
+    z_strides = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
+    init_strides = (initial_state.stride(0), initial_state.stride(1)) if initial_state is not None else (0, 0)
+    grid = (triton.cdiv(dim, block_d), batch)
+    _selective_scan_fwd_kernel[grid](
+        u, delta, A, B, C, D, z, delta_bias, initial_state,
+        out, last_state, states,
+        dim, dstate, seqlen, n_chunks, dim // groups,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *z_strides,
+        A.stride(0), sBb, sBg, sBn, sCb, sCg, sCn, *init_strides,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
+        HAS_INITIAL_STATE=initial_state is not None, DELTA_SOFTPLUS=delta_softplus, SAVE_STATES=save_states,
+        BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(dstate), **cfg,
+    )
+    return out, last_state, states
+
+
+def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, delta_softplus):
+    """Launch the backward. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinit), each shaped and typed like
+    its input, or None where the input is None."""
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    groups, sBb, sBg, sBn = _split_bc(B)
+    _, sCb, sCg, sCn = _split_bc(C)
+    cfg = _config("bwd", dstate)
+    block_d = _block_d(cfg.pop("BLOCK_D"), dim, groups)
+    n_chunks = states.shape[2]
+    f32 = dict(device=u.device, dtype=torch.float32)
+    du = torch.empty(u.shape, device=u.device, dtype=u.dtype)
+    ddelta = torch.empty(delta.shape, device=u.device, dtype=delta.dtype)
+    dz = torch.empty(z.shape, device=u.device, dtype=z.dtype) if z is not None else None
+    dA = torch.zeros(A.shape, **f32)
+    dB = torch.zeros(batch, groups, dstate, seqlen, **f32)
+    dC = torch.zeros(batch, groups, dstate, seqlen, **f32)
+    dD = torch.zeros(dim, **f32) if D is not None else None
+    ddelta_bias = torch.zeros(dim, **f32) if delta_bias is not None else None
+    dinit = torch.empty(batch, dim, dstate, **f32) if initial_state is not None else None
+    if seqlen > 0:
+        z_strides = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
+        grid = (triton.cdiv(dim, block_d), batch)
+        _selective_scan_bwd_kernel[grid](
+            dout, dlast, u, delta, A, B, C, D, z, delta_bias, states,
+            du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinit,
+            dim, dstate, seqlen, n_chunks, dim // groups, groups,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *z_strides,
+            A.stride(0), sBb, sBg, sBn, sCb, sCg, sCn, dout.stride(0), dout.stride(1),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
+            HAS_DLAST=dlast is not None, HAS_INITIAL_STATE=initial_state is not None, DELTA_SOFTPLUS=delta_softplus,
+            BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(dstate), **cfg,
+        )
+    elif initial_state is not None:
+        dinit.copy_(dlast if dlast is not None else torch.zeros_like(dinit))
+    dB = dB.view(B.shape).to(B.dtype)
+    dC = dC.view(C.shape).to(C.dtype)
+    cast = lambda g, like: None if g is None else g.to(like.dtype)
+    return (
+        du, ddelta, cast(dA, A), dB, dC, cast(dD, D), dz, cast(ddelta_bias, delta_bias), cast(dinit, initial_state),
+    )
+
+
+# torch.library ops: opaque to torch.compile (fake functions give the output shapes), called by the Function below.
+
+
+@torch.library.custom_op("mambalab::selective_scan_fwd", mutates_args=())
+def _selective_scan_fwd_op(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None, delta_softplus: bool, save_states: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states)
+
+
+@_selective_scan_fwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states):
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    n_chunks = _n_chunks(seqlen, dstate) if save_states else 0
+    return (
+        torch.empty_like(u, memory_format=torch.contiguous_format),
+        u.new_empty(batch, dim, dstate, dtype=torch.float32),
+        u.new_empty(batch, dim, n_chunks, dstate, dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("mambalab::selective_scan_bwd", mutates_args=())
+def _selective_scan_bwd_op(
+    dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+    B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None, initial_state: torch.Tensor | None, states: torch.Tensor, delta_softplus: bool,
+) -> list[torch.Tensor]:
+    grads = _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, delta_softplus)
+    return [g if g is not None else u.new_empty(0) for g in grads]
+
+
+@_selective_scan_bwd_op.register_fake
+def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, delta_softplus):
+    like = lambda t: u.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+    return [like(t) for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)]
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+        out, last_state, states = torch.ops.mambalab.selective_scan_fwd(
+            u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, True
+        )
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states)
+        ctx.delta_softplus = delta_softplus
+        return out, last_state
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, delta_bias, initial_state, states = ctx.saved_tensors
+        grads = torch.ops.mambalab.selective_scan_bwd(
+            dout.contiguous() if dout.stride(-1) != 1 else dout,
+            None if dlast is None else dlast.contiguous(),
+            u, delta, A, B, C, D, z, delta_bias, initial_state, states, ctx.delta_softplus,
+        )
+        present = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+        return (*(g if t is not None else None for g, t in zip(grads, present)), None)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    *,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    initial_state: torch.Tensor | None = None,
+):
+    """Triton selective scan; same contract as `kernels.selective_scan.ref.selective_scan`.
+
+    Inputs arrive validated from `kernels.selective_scan` (last-dim stride 1). u, delta, z: `(batch, dim, seqlen)`;
+    A `(dim, dstate)`; B, C `(batch, dstate, seqlen)` or `(batch, groups, dstate, seqlen)`; D, delta_bias `(dim,)`;
+    initial_state `(batch, dim, dstate)`. Returns out `(batch, dim, seqlen)` in u's dtype and, with
+    `return_last_state`, the last state `(batch, dim, dstate)` fp32.
+    """
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        out, last_state = _SelectiveScanFn.apply(*tensors, delta_softplus)
+    else:
+        out, last_state, _ = torch.ops.mambalab.selective_scan_fwd(*tensors, delta_softplus, False)
+    return (out, last_state) if return_last_state else out
