@@ -1,0 +1,257 @@
+"""Recipe plumbing shared by every job: typed configs, run directories, the Lightning Trainer, plots.
+
+A run directory holds everything about one run::
+
+    runs/<job>/<timestamp>/
+        config.yaml         the resolved config (YAML + CLI overrides)
+        git_revision.txt    the code that ran
+        metrics.csv         every logged metric (Lightning CSVLogger)
+        checkpoints/        last.ckpt + the best checkpoint by the monitored metric
+        loss_curve.png      train/validation loss against step
+        metrics.json        final metrics
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import importlib.util
+import json
+import logging
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the source and the key."""
+
+
+@dataclass
+class TrainerConfig:
+    """The subset of `pl.Trainer` arguments a recipe exposes (names and meanings are Lightning's)."""
+
+    max_steps: int = 1000
+    max_epochs: int | None = None
+    val_check_interval: int | float = 200
+    check_val_every_n_epoch: int | None = None
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float = 1.0
+    num_sanity_val_steps: int = 0
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    gradient_clip_val: float | None = 1.0
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+
+
+USAGE = """usage: python -m recipes.{job} [--config NAME_OR_PATH] [key=value ...]
+
+  --config   a YAML in recipes/configs/{job}/ (by name, without .yaml) or a path; default: default
+  key=value  OmegaConf dotlist overrides, e.g. trainer.max_steps=200 model.n_layer=4
+"""
+
+
+def load_config(schema: type, config_dir: Path, argv: Sequence[str], job: str) -> Any:
+    """Build the typed config: schema defaults <- YAML <- `key=value` overrides; return a schema instance."""
+    argv = list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE.format(job=job))  # noqa: T201 - CLI help text
+        print(OmegaConf.to_yaml(OmegaConf.structured(schema)))  # noqa: T201
+        raise SystemExit(0)
+    config_name = "default"
+    overrides = []
+    while argv:
+        arg = argv.pop(0)
+        if arg == "--config" and argv:
+            config_name = argv.pop(0)
+        elif arg.startswith("--config="):
+            config_name = arg.split("=", 1)[1]
+        elif "=" in arg and not arg.startswith("-"):
+            overrides.append(arg)
+        else:
+            raise ConfigError(f"unrecognized argument {arg!r}\n{USAGE.format(job=job)}")
+    path = Path(config_name)
+    if not path.suffix:
+        path = config_dir / f"{config_name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in config_dir.glob("*.yaml"))
+        raise ConfigError(f"config {config_name!r} not found (looked for {path}); available: {available}")
+    cfg = OmegaConf.structured(schema)
+    for source, layer in (
+        (str(path), lambda: OmegaConf.load(path)),
+        ("command line", lambda: OmegaConf.from_dotlist(overrides)),
+    ):
+        try:
+            cfg = OmegaConf.merge(cfg, layer())
+        except OmegaConfBaseException as err:
+            key = getattr(err, "full_key", None)
+            raise ConfigError(
+                f"{source}: invalid config key {key!r}: {err.msg if hasattr(err, 'msg') else err}"
+            ) from None
+    try:
+        return OmegaConf.to_object(cfg)
+    except (OmegaConfBaseException, ValueError) as err:
+        raise ConfigError(f"{path} + command line: {err}") from None
+
+
+def git_revision() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return rev.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def _latest_resumable(job_root: Path) -> Path | None:
+    candidates = sorted(p.parent.parent for p in job_root.glob("*/checkpoints/last.ckpt"))
+    return candidates[-1] if candidates else None
+
+
+def prepare_run_dir(cfg: Any, run_dir: str | None, job: str, *, resume: bool = False, root: str = "runs") -> Path:
+    """Pick the run directory and write `config.yaml` and `git_revision.txt` into it.
+
+    An explicit `run_dir` wins; with `resume` and no `run_dir`, the newest run of `job` that has a `last.ckpt`;
+    otherwise a new `runs/<job>/<timestamp>`.
+    """
+    if run_dir:
+        path = Path(run_dir)
+    elif resume:
+        path = _latest_resumable(Path(root) / job)
+        if path is None:
+            raise FileNotFoundError(f"ckpt_path=last: no run under {Path(root) / job} has checkpoints/last.ckpt")
+    else:
+        path = Path(root) / job / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    (path / "git_revision.txt").write_text(git_revision() + "\n")
+    return path
+
+
+def resolve_ckpt_path(value: str | None, run_dir: Path) -> str | None:
+    """`None` -> fresh start; `"last"` -> `run_dir/checkpoints/last.ckpt` (must exist); else a path that must exist."""
+    if not value:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if value == "last" else Path(value)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={value}: {path} does not exist")
+    return str(path)
+
+
+class LossCurvePlot(pl.Callback):
+    """Writes `loss_curve.png` (train and validation loss against step) from the CSV log at the end of fitting."""
+
+    def __init__(self, run_dir: Path, metrics: Sequence[str] = ("train/loss", "val/loss")) -> None:
+        self.run_dir, self.metrics = Path(run_dir), tuple(metrics)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            plot_metric_curves(self.run_dir / "metrics.csv", self.metrics, self.run_dir / "loss_curve.png")
+
+
+def read_metric_curves(csv_path: Path, metrics: Sequence[str]) -> dict[str, tuple[list[int], list[float]]]:
+    curves: dict[str, tuple[list[int], list[float]]] = {m: ([], []) for m in metrics}
+    if not csv_path.is_file():
+        return curves
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            for metric in metrics:
+                if row.get(metric):
+                    curves[metric][0].append(int(row["step"]))
+                    curves[metric][1].append(float(row[metric]))
+    return curves
+
+
+def plot_metric_curves(csv_path: Path, metrics: Sequence[str], out_path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = read_metric_curves(csv_path, metrics)
+    if not any(steps for steps, _ in curves.values()):
+        log.warning("no %s values in %s: no plot written", metrics, csv_path)
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for metric, (steps, values) in curves.items():
+        if steps:
+            ax.plot(steps, values, label=metric, marker="o" if metric.startswith("val") else None, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+    return out_path
+
+
+def plot_confusion_matrix(cm, labels: Sequence[str], path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(labels) + 2),) * 2)
+    ConfusionMatrixDisplay(cm, display_labels=list(labels)).plot(ax=ax, colorbar=False, xticks_rotation=45)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_metrics_json(run_dir: Path, metrics: dict) -> Path:
+    def plain(value):
+        return value.item() if hasattr(value, "item") else value
+
+    path = Path(run_dir) / "metrics.json"
+    path.write_text(json.dumps({k: plain(v) for k, v in metrics.items()}, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def build_trainer(
+    trainer_cfg: TrainerConfig,
+    run_dir: Path,
+    *,
+    monitor: str = "val/loss",
+    mode: str = "min",
+    extra_callbacks: Sequence[pl.Callback] = (),
+) -> pl.Trainer:
+    """A Trainer that logs to CSV (and TensorBoard if installed), checkpoints last + best, and shows progress."""
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    run_dir = Path(run_dir)
+    loggers = [CSVLogger(save_dir=run_dir, name="", version="")]
+    if importlib.util.find_spec("tensorboard") is not None:
+        loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""))
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="best-{step}", monitor=monitor, mode=mode, save_top_k=1,
+            save_last=True, auto_insert_metric_name=False,
+        ),
+        LearningRateMonitor(logging_interval="step"),
+        LossCurvePlot(run_dir),
+        *extra_callbacks,
+    ]  # fmt: skip
+    if trainer_cfg.enable_progress_bar:
+        callbacks.append(RichProgressBar())
+    kwargs = {k: v for k, v in vars(trainer_cfg).items() if v is not None}
+    return pl.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks, **kwargs)
