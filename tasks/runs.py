@@ -254,4 +254,16 @@ def build_trainer(
     if trainer_cfg.enable_progress_bar:
         callbacks.append(RichProgressBar())
     kwargs = {k: v for k, v in vars(trainer_cfg).items() if v is not None}
+    kwargs["strategy"] = build_strategy(trainer_cfg.strategy)
     return pl.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks, **kwargs)
+
+
+def build_strategy(name: str):
+    """Lightning strategy by name; `fsdp` shards at the residual-block level (one FSDP unit per `MambaBlock`)."""
+    if name != "fsdp":
+        return name
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    from backbone.block import MambaBlock
+
+    return FSDPStrategy(auto_wrap_policy={MambaBlock}, sharding_strategy="FULL_SHARD", state_dict_type="full")
