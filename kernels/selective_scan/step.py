@@ -1,0 +1,106 @@
+"""One decoding step of the selective scan in Triton (inference only: updates the state in place, no autograd).
+
+Math (spec: `kernels/selective_scan/ref.py::selective_state_update`), per batch b, channel d, state n::
+
+    dt      = softplus(dt + dt_bias)                          (softplus only with dt_softplus)
+    state   = exp(dt * A[d, n]) * state + dt * B[n] * x
+    out     = (sum_n C[n] * state[n] + D * x) * silu(z)
+
+One program owns `BLOCK_D` channels of one sequence: it reads their state `[BLOCK_D, DSTATE]` once, writes it back
+once, and reads B/C once for all of them. The step is bound by reading and writing the fp32 state.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+import kernels._triton_utils  # noqa: F401  (interpreter fix-up)
+
+__all__ = ["selective_state_update"]
+
+
+@triton.jit
+def _selective_state_update_kernel(
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, out_ptr,
+    dim, dstate, channels_per_group,
+    stride_state_b, stride_state_d, stride_x_b, stride_dt_b, stride_z_b, stride_A_d,
+    stride_B_b, stride_B_g, stride_C_b, stride_C_g,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    mask_d = offs_d < dim
+    mask_n = offs_n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    offs_d64 = offs_d.to(tl.int64)
+    group = (pid_d * BLOCK_D) // channels_per_group
+
+    state_ptrs = state_ptr + pid_b * stride_state_b + offs_d64[:, None] * stride_state_d + offs_n[None, :]
+    state = tl.load(state_ptrs, mask=mask_dn, other=0.0)  # [BLOCK_D, BLOCK_N] fp32
+    x = tl.load(x_ptr + pid_b * stride_x_b + offs_d, mask=mask_d, other=0.0).to(tl.float32)  # [BLOCK_D]
+    dt = tl.load(dt_ptr + pid_b * stride_dt_b + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt += tl.load(dt_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if DT_SOFTPLUS:
+        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))), dt)
+    A = tl.load(A_ptr + offs_d64[:, None] * stride_A_d + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    B = tl.load(B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    C = tl.load(C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+
+    state = tl.exp(dt[:, None] * A) * state + (dt * x)[:, None] * B[None, :]
+    tl.store(state_ptrs, state, mask=mask_dn)
+    y = tl.sum(state * C[None, :], axis=1)  # [BLOCK_D]
+    if HAS_D:
+        y += tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) * x
+    if HAS_Z:
+        z = tl.load(z_ptr + pid_b * stride_z_b + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        y *= z * tl.sigmoid(z)
+    tl.store(out_ptr + pid_b * dim + offs_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    *,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """One step; same contract as the reference. Updates `state` `(batch, dim, dstate)` fp32 in place.
+
+    x, dt, z: `(batch, dim)`; A `(dim, dstate)`; B, C `(batch, dstate)` or `(batch, groups, dstate)`; D, dt_bias
+    `(dim,)`. Returns out `(batch, dim)` in x's dtype.
+    """
+    batch, dim, dstate = state.shape
+    if state.stride(-1) != 1:
+        raise ValueError("state must have last-dim stride 1 (it is updated in place)")
+    x, dt, A, B, C = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, dt, A, B, C))
+    z = z if z is None or z.stride(-1) == 1 else z.contiguous()
+    groups = 1 if B.dim() == 2 else B.shape[1]
+    gB = (B.stride(1) if B.dim() == 3 else 0, C.stride(1) if C.dim() == 3 else 0)
+    per_group = dim // groups
+    block_n = triton.next_power_of_2(dstate)
+    block_d = max(1, min(triton.next_power_of_2(dim), 4096 // block_n, 64))
+    while groups > 1 and per_group % block_d:
+        block_d //= 2
+    out = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
+    grid = (triton.cdiv(dim, block_d), batch)
+    _selective_state_update_kernel[grid](
+        state, x, dt, A, B, C, D, z, dt_bias, out,
+        dim, dstate, per_group,
+        state.stride(0), state.stride(1), x.stride(0), dt.stride(0), z.stride(0) if z is not None else 0, A.stride(0),
+        B.stride(0), gB[0], C.stride(0), gB[1],
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus,
+        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
+    )
+    return out
