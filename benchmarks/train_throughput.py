@@ -1,0 +1,115 @@
+"""Training-step throughput of Mamba language models: tokens/s, ms/step and peak memory.
+
+A full step: forward, cross-entropy, backward, fused AdamW; bf16 autocast over fp32 weights; vocab 50277.
+Shapes from PERFORMANCE.md: 130M (d_model 768, 24 layers) and 370M (1024, 48) at batch 8 x 2048. In the same run,
+the same 130M model on our PyTorch reference kernels (at the batch that fits), and `torch.compile` of it.
+
+    python benchmarks/train_throughput.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import kernels  # noqa: E402
+from backbone import MambaConfig  # noqa: E402
+from benchmarks.report import environment, write_results  # noqa: E402
+from tasks.lm import MambaLM, MambaLMConfig  # noqa: E402
+
+ANCHORS = {  # PERFORMANCE.md, mamba-ssm 2.3.2 on an H100: tokens/s, peak GiB
+    ("130M", 8, 2048): (153_000, 17.8),
+    ("370M", 8, 2048): (65_900, 29.6),
+}
+SIZES = {"130M": (768, 24), "370M": (1024, 48)}
+
+
+def build(size: str) -> MambaLM:
+    d_model, n_layer = SIZES[size]
+    return MambaLM(MambaLMConfig(MambaConfig(d_model=d_model, n_layer=n_layer), vocab_size=50277)).cuda()
+
+
+def time_steps(model, batch, seqlen, *, steps, warmup, backend, compiled=False):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    step_model = torch.compile(model) if compiled else model
+    ids = torch.randint(0, 50277, (batch, seqlen + 1), device="cuda")
+    scope = kernels.use_reference() if backend == "reference" else contextlib.nullcontext()
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = step_model(ids[:, :-1])
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    with scope:
+        for _ in range(warmup):
+            step()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            loss = step()
+        end.record()
+        torch.cuda.synchronize()
+    ms = start.elapsed_time(end) / steps
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"non-finite loss {loss.item()} ({backend})")
+    return ms, torch.cuda.max_memory_allocated() / 2**30
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer steps")
+    parser.add_argument("--with-compile", action="store_true", help="also time torch.compile of the reference path")
+    args = parser.parse_args(argv)
+    steps, warmup = (3, 2) if args.quick else (10, 3)
+    plan = [
+        ("130M", 8, 2048, "triton", False),
+        ("370M", 8, 2048, "triton", False),
+        ("130M", 1, 2048, "triton", False),
+        ("130M", 1, 2048, "reference", False),
+    ]
+    if args.with_compile:  # compiling 24 layers of the unrolled reference scan takes minutes
+        plan.append(("130M", 1, 2048, "reference", True))
+    rows = []
+    for size, batch, seqlen, backend, compiled in plan:
+        torch.manual_seed(0)
+        model = build(size)
+        label = backend + (" + torch.compile" if compiled else "")
+        try:
+            ms, peak = time_steps(model, batch, seqlen, steps=steps, warmup=warmup, backend=backend, compiled=compiled)
+        except (RuntimeError, torch.OutOfMemoryError) as err:  # report, keep measuring the other rows
+            rows.append({"model": size, "batch x seqlen": f"{batch} x {seqlen}", "kernels": label,
+                         "error": str(err).splitlines()[0][:120]})  # fmt: skip
+            continue
+        finally:
+            del model
+            torch.cuda.empty_cache()
+        tokens_per_s = batch * seqlen / (ms / 1000)
+        row = {"model": size, "batch x seqlen": f"{batch} x {seqlen}", "kernels": label, "ms/step": ms,
+               "tokens/s": tokens_per_s, "peak GiB": peak}  # fmt: skip
+        anchor = ANCHORS.get((size, batch, seqlen))
+        if anchor and backend == "triton":
+            row["anchor tokens/s"] = anchor[0]
+            row["vs anchor"] = f"{tokens_per_s / anchor[0]:.2f}x"
+            row["anchor GiB"] = anchor[1]
+        rows.append(row)
+        print(row, flush=True)  # noqa: T201
+    columns = ["model", "batch x seqlen", "kernels", "ms/step", "tokens/s", "peak GiB", "anchor tokens/s",
+               "vs anchor", "anchor GiB", "error"]  # fmt: skip
+    write_results("train_throughput", environment(), rows, columns)
+
+
+if __name__ == "__main__":
+    main()
