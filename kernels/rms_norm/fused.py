@@ -1,0 +1,268 @@
+"""Fused residual add + RMSNorm / LayerNorm in Triton: forward and backward kernels.
+
+Math (spec: `kernels/rms_norm/ref.py`), per row of `hidden` values, in fp32::
+
+    r    = x + residual                        (x alone without a residual)
+    xhat = r * rstd,  rstd = 1 / sqrt(mean(r^2) + eps)                         (RMSNorm)
+    xhat = (r - mu) * rstd,  rstd = 1 / sqrt(mean((r - mu)^2) + eps)          (LayerNorm)
+    out  = xhat * w + b
+
+Backward, with `wdy = w * dout` and `dr_extra` the gradient of the returned residual (prenorm)::
+
+    dr = rstd * (wdy - xhat * mean(wdy * xhat))                   (RMSNorm)
+    dr = rstd * (wdy - xhat * mean(wdy * xhat) - mean(wdy))       (LayerNorm)
+    dx = dresidual = dr + dr_extra;   dw = sum_rows dout * xhat;   db = sum_rows dout
+
+One program normalizes one row (the whole row in registers); the backward recomputes `r` from x and residual instead
+of saving it, and each program sums dw/db over a strip of rows before a final sum over programs in PyTorch.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+import kernels._triton_utils  # noqa: F401  (interpreter fix-up)
+
+__all__ = ["layer_norm", "rms_norm"]
+
+
+@triton.jit
+def _add_norm_fwd_kernel(
+    x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, mean_ptr, rstd_ptr,
+    hidden, eps, stride_x, stride_res, stride_out, stride_res_out,
+    IS_RMS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_RESIDUAL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    mask = cols < hidden
+    r = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        r += tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
+    if STORE_RESIDUAL:
+        tl.store(res_out_ptr + row * stride_res_out + cols, r.to(res_out_ptr.dtype.element_ty), mask=mask)
+    if IS_RMS_NORM:
+        xc = r
+    else:
+        mean = tl.sum(r, axis=0) / hidden
+        tl.store(mean_ptr + row, mean)
+        xc = tl.where(mask, r - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / hidden + eps)
+    tl.store(rstd_ptr + row, rstd)
+    y = xc * rstd * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_out + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _add_norm_bwd_kernel(
+    dout_ptr, dres_out_ptr, x_ptr, res_ptr, w_ptr, mean_ptr, rstd_ptr,
+    dx_ptr, dres_ptr, dw_ptr, db_ptr,
+    rows, hidden, rows_per_program,
+    stride_dout, stride_dres_out, stride_x, stride_res,
+    IS_RMS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DRES_OUT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    mask = cols < hidden
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([BLOCK_N], dtype=tl.float32)
+    row_start = pid * rows_per_program
+    for i in range(0, rows_per_program):
+        row = row_start + i
+        if row < rows:
+            row64 = row.to(tl.int64)
+            r = tl.load(x_ptr + row64 * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+            if HAS_RESIDUAL:
+                r += tl.load(res_ptr + row64 * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
+            rstd = tl.load(rstd_ptr + row64)
+            if IS_RMS_NORM:
+                xhat = r * rstd
+            else:
+                xhat = tl.where(mask, (r - tl.load(mean_ptr + row64)) * rstd, 0.0)
+            dy = tl.load(dout_ptr + row64 * stride_dout + cols, mask=mask, other=0.0).to(tl.float32)
+            dw += dy * xhat
+            if HAS_BIAS:
+                db += dy
+            wdy = w * dy
+            c1 = tl.sum(xhat * wdy, axis=0) / hidden
+            if IS_RMS_NORM:
+                dr = (wdy - xhat * c1) * rstd
+            else:
+                c2 = tl.sum(wdy, axis=0) / hidden
+                dr = (wdy - xhat * c1 - c2) * rstd
+            if HAS_DRES_OUT:
+                dr += tl.load(dres_out_ptr + row64 * stride_dres_out + cols, mask=mask, other=0.0).to(tl.float32)
+            tl.store(dx_ptr + row64 * hidden + cols, dr.to(dx_ptr.dtype.element_ty), mask=mask)
+            if HAS_RESIDUAL:
+                tl.store(dres_ptr + row64 * hidden + cols, dr.to(dres_ptr.dtype.element_ty), mask=mask)
+    tl.store(dw_ptr + pid * hidden + cols, dw, mask=mask)
+    if HAS_BIAS:
+        tl.store(db_ptr + pid * hidden + cols, db, mask=mask)
+
+
+def _rows(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.reshape(-1, t.shape[-1])
+
+
+def _num_warps(block_n: int) -> int:
+    return min(max(block_n // 256, 1), 8)
+
+
+def _add_norm_fwd(x, weight, bias, residual, eps, is_rms_norm, prenorm, residual_in_fp32):
+    """Launch the forward on `(..., hidden)`. Returns out (x.dtype), the new residual (empty unless prenorm), and the
+    per-row mean (empty for RMSNorm) and rstd, fp32."""
+    shape, hidden = x.shape, x.shape[-1]
+    x2, res2 = _rows(x), _rows(residual)
+    rows = x2.shape[0]
+    out = torch.empty(rows, hidden, device=x.device, dtype=x.dtype)
+    res_dtype = torch.float32 if residual_in_fp32 else x.dtype
+    res_out = torch.empty(rows if prenorm else 0, hidden, device=x.device, dtype=res_dtype)
+    mean = torch.empty(0 if is_rms_norm else rows, device=x.device, dtype=torch.float32)
+    rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
+    if rows:
+        block_n = triton.next_power_of_2(hidden)
+        _add_norm_fwd_kernel[(rows,)](
+            x2, res2, weight, bias, out, res_out, mean, rstd,
+            hidden, eps, x2.stride(0), res2.stride(0) if res2 is not None else 0, out.stride(0), hidden,
+            IS_RMS_NORM=is_rms_norm, HAS_RESIDUAL=res2 is not None, HAS_BIAS=bias is not None, STORE_RESIDUAL=prenorm,
+            BLOCK_N=block_n, num_warps=_num_warps(block_n),
+        )
+    return out.view(shape), res_out.view(shape if prenorm else (0,)), mean, rstd
+
+
+def _add_norm_bwd(dout, dres_out, x, weight, bias, residual, mean, rstd, is_rms_norm):
+    """Launch the backward. Returns (dx, dweight, dbias, dresidual), None where the input is None."""
+    shape, hidden = x.shape, x.shape[-1]
+    x2, res2, dout2, dres2 = _rows(x), _rows(residual), _rows(dout), _rows(dres_out)
+    rows = x2.shape[0]
+    dx = torch.empty(rows, hidden, device=x.device, dtype=x.dtype)
+    dres = torch.empty(rows, hidden, device=x.device, dtype=residual.dtype) if residual is not None else None
+    if x.is_cuda:
+        n_programs = min(rows, 4 * torch.cuda.get_device_properties(x.device).multi_processor_count)
+    else:
+        n_programs = min(rows, 4)
+    n_programs = max(n_programs, 1)
+    dw = torch.zeros(n_programs, hidden, device=x.device, dtype=torch.float32)
+    db = torch.zeros(n_programs, hidden, device=x.device, dtype=torch.float32) if bias is not None else None
+    if rows:
+        block_n = triton.next_power_of_2(hidden)
+        _add_norm_bwd_kernel[(n_programs,)](
+            dout2, dres2, x2, res2, weight, mean, rstd,
+            dx, dres, dw, db,
+            rows, hidden, triton.cdiv(rows, n_programs),
+            dout2.stride(0), dres2.stride(0) if dres2 is not None else 0, x2.stride(0),
+            res2.stride(0) if res2 is not None else 0,
+            IS_RMS_NORM=is_rms_norm, HAS_RESIDUAL=res2 is not None, HAS_BIAS=bias is not None,
+            HAS_DRES_OUT=dres2 is not None, BLOCK_N=block_n, num_warps=_num_warps(block_n),
+        )
+    return (
+        dx.view(shape),
+        dw.sum(0).to(weight.dtype),
+        None if db is None else db.sum(0).to(bias.dtype),
+        None if dres is None else dres.view(shape),
+    )
+
+
+@torch.library.custom_op("mambalab::add_norm_fwd", mutates_args=())
+def _add_norm_fwd_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+    eps: float, is_rms_norm: bool, prenorm: bool, residual_in_fp32: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _add_norm_fwd(x, weight, bias, residual, eps, is_rms_norm, prenorm, residual_in_fp32)
+
+
+@_add_norm_fwd_op.register_fake
+def _(x, weight, bias, residual, eps, is_rms_norm, prenorm, residual_in_fp32):
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    f32 = dict(dtype=torch.float32)
+    res_dtype = torch.float32 if residual_in_fp32 else x.dtype
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        x.new_empty(x.shape if prenorm else (0,), dtype=res_dtype),
+        x.new_empty(0 if is_rms_norm else rows, **f32),
+        x.new_empty(rows, **f32),
+    )
+
+
+@torch.library.custom_op("mambalab::add_norm_bwd", mutates_args=())
+def _add_norm_bwd_op(
+    dout: torch.Tensor, dres_out: torch.Tensor | None, x: torch.Tensor, weight: torch.Tensor,
+    bias: torch.Tensor | None, residual: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
+    is_rms_norm: bool,
+) -> list[torch.Tensor]:
+    grads = _add_norm_bwd(dout, dres_out, x, weight, bias, residual, mean, rstd, is_rms_norm)
+    return [g if g is not None else x.new_empty(0) for g in grads]
+
+
+@_add_norm_bwd_op.register_fake
+def _(dout, dres_out, x, weight, bias, residual, mean, rstd, is_rms_norm):
+    like = lambda t: x.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+    return [like(t) for t in (x, weight, bias, residual)]
+
+
+class _AddNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, eps, is_rms_norm, prenorm, residual_in_fp32):
+        out, res_out, mean, rstd = torch.ops.mambalab.add_norm_fwd(
+            x, weight, bias, residual, eps, is_rms_norm, prenorm, residual_in_fp32
+        )
+        ctx.save_for_backward(x, weight, bias, residual, mean, rstd)
+        ctx.is_rms_norm = is_rms_norm
+        ctx.prenorm = prenorm
+        return out, res_out
+
+    @staticmethod
+    def backward(ctx, dout, dres_out):
+        x, weight, bias, residual, mean, rstd = ctx.saved_tensors
+        dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+        if ctx.prenorm and dres_out is not None:
+            dres_out = dres_out if dres_out.stride(-1) == 1 else dres_out.contiguous()
+        else:
+            dres_out = None
+        grads = torch.ops.mambalab.add_norm_bwd(dout, dres_out, x, weight, bias, residual, mean, rstd, ctx.is_rms_norm)
+        present = (x, weight, bias, residual)
+        return (*(g if t is not None else None for g, t in zip(grads, present)), None, None, None, None)
+
+
+def _add_norm(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm):
+    tensors = (x, weight, bias, residual)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        out, res_out = _AddNormFn.apply(*tensors, eps, is_rms_norm, prenorm, residual_in_fp32)
+    else:
+        out, res_out, _, _ = torch.ops.mambalab.add_norm_fwd(*tensors, eps, is_rms_norm, prenorm, residual_in_fp32)
+    return (out, res_out) if prenorm else out
+
+
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    *,
+    eps: float = 1e-5,
+    prenorm: bool = False,
+    residual_in_fp32: bool = False,
+):
+    """`(..., hidden)` -> RMSNorm(x + residual) (x's dtype); with `prenorm` also the new residual (fp32 if
+    `residual_in_fp32`, else x's dtype). Same contract as `kernels.rms_norm.ref.rms_norm`."""
+    return _add_norm(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm=True)
+
+
+def layer_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    *,
+    eps: float = 1e-5,
+    prenorm: bool = False,
+    residual_in_fp32: bool = False,
+):
+    """`(..., hidden)` -> LayerNorm(x + residual); same contract as `rms_norm`."""
+    return _add_norm(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm=False)
