@@ -1,0 +1,284 @@
+"""Pretrain a Mamba language model on text; report loss, perplexity and bits per character.
+
+The default corpus is tinyshakespeare (found through `MAMBALAB_DATA`, else downloaded), split nanoGPT's way (first
+90% of the characters train, the last 10% validate); the WikiText-2 validation file is evaluated too. A byte-level
+BPE is trained on the training split only. At the end the best checkpoint (by validation loss) is evaluated on every
+evaluation set and exported with `save_pretrained` plus its `tokenizer.json`, ready for `python -m recipes.generate`.
+
+    python -m recipes.lm_pretrain                                   # small CPU-sized default
+    python -m recipes.lm_pretrain --config gpu                      # ~10M parameters, a few minutes on one GPU
+    python -m recipes.lm_pretrain --config gpu tokenizer.vocab_size=258        # byte-level instead of BPE
+    python -m recipes.lm_pretrain data.files='[a.txt,b.txt]' data.extra_eval='[]'
+    python -m recipes.lm_pretrain --config gpu ckpt_path=last       # resume the newest run
+    python -m recipes.generate --model runs/lm_pretrain/<time>/model --prompt "ROMEO:"
+
+Run directory: config.yaml, git_revision.txt, metrics.csv, checkpoints/, loss_curve.png, metrics.json, model/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from backbone import MambaConfig
+from backbone.init import optimizer_groups
+from tasks.data_sources import cache_root, resolve
+from tasks.language.data import NAMED_TEXT, TextDataModule, TokenizedText, load_corpus, read_text, tokenize_cached
+from tasks.language.metrics import LanguageModelMetrics, token_nll
+from tasks.language.tokenizer import TextTokenizer
+from tasks.lm import MambaLM, MambaLMConfig
+from tasks.runs import TrainerConfig, build_trainer, load_config, prepare_run_dir, resolve_ckpt_path, write_metrics_json
+
+log = logging.getLogger("recipes.lm_pretrain")
+JOB = "lm_pretrain"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs" / JOB
+
+
+@dataclass
+class TokenizerConfig:
+    kind: Literal["bpe", "file"] = "bpe"  # bpe: train a byte-level BPE on the training split; file: load `path`
+    vocab_size: int = 2048  # bpe only; 258 = bytes + 2 special tokens (no merges)
+    min_frequency: int = 2
+    path: str | None = None  # a tokenizer.json, for kind=file (e.g. GPT-NeoX-20B's)
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "tinyshakespeare"  # a named text dataset, used when `files` is empty
+    files: list[str] = field(default_factory=list)  # text files to train on instead of `corpus`
+    val_fraction: float = 0.1  # the last fraction of each file's characters validates
+    document_separator: str | None = None  # regex splitting files into documents; None: a file is one document
+    extra_eval: list[str] = field(default_factory=lambda: ["wikitext2_valid"])  # named datasets or paths, scored whole
+    seq_len: int = 256
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    cache_dir: str | None = None  # token caches; default $MAMBALAB_CACHE/tokens
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 128
+    n_layer: int = 4
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dropout: float = 0.0  # on the embeddings and on the final hidden states (tinyshakespeare overfits quickly)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio at the last step
+
+
+@dataclass
+class LMPretrainConfig:
+    seed: int = 0
+    run_dir: str | None = None
+    ckpt_path: str | None = None  # "last" resumes (the newest run, or run_dir's); or a checkpoint path
+    time_budget_minutes: float | None = None  # fit max_steps to this much training time (measured after warm-up)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=300, val_check_interval=100))
+
+
+class LMPretrainModule(pl.LightningModule):
+    """Next-token cross-entropy on packed windows; per evaluation set: loss, perplexity, bits per character."""
+
+    def __init__(self, model_cfg: dict, optim_cfg: dict, vocab_size: int, evals: dict[str, float], max_steps: int):
+        super().__init__()
+        self.save_hyperparameters()
+        model_cfg = dict(model_cfg)
+        self.dropout = nn.Dropout(model_cfg.pop("dropout"))
+        self.model = MambaLM(MambaLMConfig(MambaConfig(**model_cfg), vocab_size=vocab_size))
+        self.optim_cfg = optim_cfg
+        self.eval_names = list(evals)
+        # `tokens_per_char` of each evaluation text turns its mean loss into bits per character.
+        self.eval_metrics = nn.ModuleList(LanguageModelMetrics(tpc) for tpc in evals.values())
+        self.total_steps = max_steps  # the LR schedule's length; the time-budget callback may shorten it
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """`[B, L]` -> logits `[B, L, V]`; `MambaLM.forward` with dropout around the backbone."""
+        hidden = self.model.backbone(self.dropout(self.model.embedding(input_ids)))
+        return self.model.lm_head(self.dropout(hidden))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        nats, count = token_nll(self(batch["input_ids"]), batch["targets"])
+        loss = nats / count.clamp(min=1)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.eval_metrics[dataloader_idx].update(*token_nll(self(batch["input_ids"]), batch["targets"]))
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in zip(self.eval_names, self.eval_metrics):
+            if metric.update_count == 0:
+                continue
+            values = metric.compute()
+            self.log(f"{name}/loss", values["loss"], prog_bar=name == self.eval_names[0])
+            self.log(f"{name}/perplexity", values["perplexity"])
+            self.log(f"{name}/bits_per_char", values["bits_per_char"], prog_bar=name == self.eval_names[0])
+            metric.reset()
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to `min_lr_ratio` at `total_steps`."""
+        warmup, floor = self.optim_cfg["warmup_steps"], self.optim_cfg["min_lr_ratio"]
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def configure_optimizers(self):
+        groups = optimizer_groups(self.model, self.optim_cfg["weight_decay"])
+        optimizer = torch.optim.AdamW(groups, lr=self.optim_cfg["lr"], betas=tuple(self.optim_cfg["betas"]))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class TimeBudget(pl.Callback):
+    """Sets `max_steps` (and the LR schedule's length) so training takes about `minutes` of wall-clock time.
+
+    The step time is measured between steps 20 and 60, after compilation and autotuning; 10% of the budget is kept
+    for validation. Training also stops outright once the budget is spent.
+    """
+
+    def __init__(self, minutes: float, probe: tuple[int, int] = (20, 60)) -> None:
+        self.budget_s, self.probe = minutes * 60.0, probe
+        self.fit_start = self.probe_start = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.fit_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step, now = trainer.global_step, time.perf_counter()
+        if step == self.probe[0]:
+            self.probe_start = now
+        elif step == self.probe[1] and self.probe_start:
+            per_step = (now - self.probe_start) / (self.probe[1] - self.probe[0])
+            remaining = 0.9 * self.budget_s - (now - self.fit_start)
+            steps = min(trainer.max_steps, step + max(0, int(remaining / per_step)))
+            trainer.fit_loop.epoch_loop.max_steps = steps
+            pl_module.total_steps = steps
+            log.info("time budget %.1f min: %.1f ms/step -> max_steps=%d", self.budget_s / 60, per_step * 1e3, steps)
+        if now - self.fit_start > self.budget_s:
+            trainer.should_stop = True
+
+
+def build_tokenizer(cfg: TokenizerConfig, train_docs: list[str], cache_dir: Path) -> TextTokenizer:
+    """Load `cfg.path`, or train a BPE on the training documents (cached by corpus and settings)."""
+    if cfg.kind == "file":
+        if not cfg.path:
+            raise ValueError("tokenizer.kind=file needs tokenizer.path (a tokenizer.json)")
+        return TextTokenizer.from_file(cfg.path)
+    digest = hashlib.sha256(f"{cfg.vocab_size}:{cfg.min_frequency}".encode())
+    for doc in train_docs:
+        digest.update(hashlib.sha256(doc.encode()).digest())
+    path = cache_dir / f"bpe-{cfg.vocab_size}-{digest.hexdigest()[:16]}.json"
+    if path.is_file():
+        return TextTokenizer.from_file(path)
+    lines = (line for doc in train_docs for line in doc.splitlines(keepends=True))
+    tokenizer = TextTokenizer.train_bpe(lines, cfg.vocab_size, min_frequency=cfg.min_frequency)
+    tokenizer.save(path)
+    log.info("trained a %d-token byte-level BPE -> %s", tokenizer.vocab_size, path)
+    return tokenizer
+
+
+def build_data(cfg: LMPretrainConfig) -> tuple[TextDataModule, TextTokenizer]:
+    data = cfg.data
+    if data.files:
+        files = [Path(f) for f in data.files]
+    elif data.corpus in NAMED_TEXT:
+        files = [resolve(NAMED_TEXT[data.corpus])]
+    else:
+        raise ValueError(f"data.corpus={data.corpus!r} is not a named text dataset ({sorted(NAMED_TEXT)}); "
+                         "give data.files instead")  # fmt: skip
+    cache_dir = Path(data.cache_dir) if data.cache_dir else cache_root() / "tokens"
+    train_docs, val_docs = load_corpus(files, data.val_fraction, data.document_separator)
+    if not val_docs:
+        raise ValueError(f"data.val_fraction={data.val_fraction} leaves no validation text in {files}")
+    tokenizer = build_tokenizer(cfg.tokenizer, train_docs, cache_dir)
+    corpus = Path(files[0]).stem
+    train = tokenize_cached(f"{corpus}-train", train_docs, tokenizer, cache_dir)
+    evals: dict[str, TokenizedText] = {"val": tokenize_cached(f"{corpus}-val", val_docs, tokenizer, cache_dir)}
+    for item in data.extra_eval:
+        path = resolve(NAMED_TEXT[item]) if item in NAMED_TEXT else resolve_path(item)
+        name = item.removesuffix("_valid") if item in NAMED_TEXT else Path(item).stem
+        docs = load_corpus([path], 0.0, data.document_separator)[0]
+        evals[name] = tokenize_cached(name, docs, tokenizer, cache_dir)
+    module = TextDataModule(
+        train, evals, seq_len=data.seq_len, batch_size=data.batch_size, eval_batch_size=data.eval_batch_size,
+        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, num_workers=data.num_workers,
+    )  # fmt: skip
+    return module, tokenizer
+
+
+def resolve_path(item: str) -> Path:
+    path = Path(item)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.extra_eval: {item!r} is neither a named text dataset ({sorted(NAMED_TEXT)}) "
+                                "nor an existing file")  # fmt: skip
+    read_text(path)  # fail now, naming the line, rather than mid-run
+    return path
+
+
+def build_module(cfg: LMPretrainConfig, datamodule: TextDataModule, tokenizer: TextTokenizer) -> LMPretrainModule:
+    evals = {name: t.tokens_per_char for name, t in datamodule.evals.items()}
+    return LMPretrainModule(asdict(cfg.model), asdict(cfg.optim), tokenizer.vocab_size, evals, cfg.trainer.max_steps)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg: LMPretrainConfig = load_config(LMPretrainConfig, CONFIG_DIR, sys.argv[1:] if argv is None else argv, JOB)
+    pl.seed_everything(cfg.seed, workers=True)
+    run_dir = prepare_run_dir(cfg, cfg.run_dir, JOB, resume=cfg.ckpt_path == "last")
+    datamodule, tokenizer = build_data(cfg)
+    module = build_module(cfg, datamodule, tokenizer)
+    n_params = sum(p.numel() for p in module.model.parameters())
+    log.info("model: %.2fM parameters, vocab %d; run dir %s", n_params / 1e6, tokenizer.vocab_size, run_dir)
+    callbacks = [TimeBudget(cfg.time_budget_minutes)] if cfg.time_budget_minutes else []
+    trainer = build_trainer(cfg.trainer, run_dir, monitor="val/loss", mode="min", extra_callbacks=callbacks)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
+    train_s = time.perf_counter() - start
+
+    best = trainer.checkpoint_callback.best_model_path or None
+    metrics = {}
+    for results in trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False):
+        metrics |= {k.split("/dataloader_idx_")[0]: v for k, v in results.items()}
+    metrics |= {
+        "n_parameters": n_params,
+        "vocab_size": tokenizer.vocab_size,
+        "steps": trainer.global_step,
+        "train_seconds": round(train_s, 1),
+        "best_checkpoint": best,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+    metrics |= {f"{name}/tokens_per_char": t.tokens_per_char for name, t in datamodule.evals.items()}
+    write_metrics_json(run_dir, metrics)
+    # The export is the best checkpoint's weights (trainer.validate loaded them into `module`).
+    export = module.model.save_pretrained(run_dir / "model")
+    tokenizer.save(export / "tokenizer.json")
+    log.info("validation: %s; exported %s", {k: v for k, v in metrics.items() if "bits_per_char" in k}, export)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
