@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-import kernels._triton_utils  # noqa: F401  (interpreter fix-up)
+from kernels._triton_utils import empty
 
 __all__ = ["causal_conv1d"]
 
@@ -153,7 +153,7 @@ def _causal_conv1d_fwd(x, weight, bias, initial_state, silu, return_final_state)
     width = weight.shape[1]
     if initial_state is not None:
         initial_state = initial_state.to(x.dtype)  # the reference keeps its history in x's dtype
-    out = torch.empty(batch, dim, seqlen, device=x.device, dtype=x.dtype)
+    out = empty(batch, dim, seqlen, device=x.device, dtype=x.dtype)
     cfg = dict(CONFIGS["fwd"])
     if seqlen > 0:
         init_strides = (initial_state.stride(0), initial_state.stride(1)) if initial_state is not None else (0, 0)
@@ -172,10 +172,10 @@ def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     init = initial_state.to(x.dtype) if initial_state is not None else None
-    dx = torch.empty(batch, dim, seqlen, device=x.device, dtype=x.dtype)
+    dx = empty(batch, dim, seqlen, device=x.device, dtype=x.dtype)
     dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
     dbias = torch.zeros(dim, device=x.device, dtype=torch.float32) if bias is not None else None
-    dinit = torch.empty(batch, dim, width - 1, device=x.device, dtype=torch.float32) if init is not None else None
+    dinit = empty(batch, dim, width - 1, device=x.device, dtype=torch.float32) if init is not None else None
     cfg = dict(CONFIGS["bwd"])
     init_strides = (init.stride(0), init.stride(1)) if init is not None else (0, 0)
     grid = (triton.cdiv(seqlen + width - 1, cfg["BLOCK_L"]), triton.cdiv(dim, cfg["BLOCK_D"]), batch)

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-import kernels._triton_utils  # noqa: F401  (interpreter fix-up)
+from kernels._triton_utils import empty
 
 __all__ = ["causal_conv1d_update"]
 
@@ -78,7 +78,7 @@ def causal_conv1d_update(
     weight = weight if weight.stride(-1) == 1 else weight.contiguous()
     block_s = triton.next_power_of_2(state_len)
     block_d = max(1, min(64, 2048 // block_s))
-    out = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
+    out = empty(batch, dim, device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(dim, block_d), batch)
     _causal_conv1d_update_kernel[grid](
         x, conv_state, weight, bias, out,

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-import kernels._triton_utils  # noqa: F401  (interpreter fix-up)
+from kernels._triton_utils import empty
 
 __all__ = ["layer_norm", "rms_norm"]
 
@@ -120,11 +120,11 @@ def _add_norm_fwd(x, weight, bias, residual, eps, is_rms_norm, prenorm, residual
     shape, hidden = x.shape, x.shape[-1]
     x2, res2 = _rows(x), _rows(residual)
     rows = x2.shape[0]
-    out = torch.empty(rows, hidden, device=x.device, dtype=x.dtype)
+    out = empty(rows, hidden, device=x.device, dtype=x.dtype)
     res_dtype = torch.float32 if residual_in_fp32 else x.dtype
-    res_out = torch.empty(rows if prenorm else 0, hidden, device=x.device, dtype=res_dtype)
-    mean = torch.empty(0 if is_rms_norm else rows, device=x.device, dtype=torch.float32)
-    rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
+    res_out = empty(rows if prenorm else 0, hidden, device=x.device, dtype=res_dtype)
+    mean = empty(0 if is_rms_norm else rows, device=x.device, dtype=torch.float32)
+    rstd = empty(rows, device=x.device, dtype=torch.float32)
     if rows:
         block_n = triton.next_power_of_2(hidden)
         _add_norm_fwd_kernel[(rows,)](
@@ -141,8 +141,8 @@ def _add_norm_bwd(dout, dres_out, x, weight, bias, residual, mean, rstd, is_rms_
     shape, hidden = x.shape, x.shape[-1]
     x2, res2, dout2, dres2 = _rows(x), _rows(residual), _rows(dout), _rows(dres_out)
     rows = x2.shape[0]
-    dx = torch.empty(rows, hidden, device=x.device, dtype=x.dtype)
-    dres = torch.empty(rows, hidden, device=x.device, dtype=residual.dtype) if residual is not None else None
+    dx = empty(rows, hidden, device=x.device, dtype=x.dtype)
+    dres = empty(rows, hidden, device=x.device, dtype=residual.dtype) if residual is not None else None
     if x.is_cuda:
         n_programs = min(rows, 4 * torch.cuda.get_device_properties(x.device).multi_processor_count)
     else:

@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-import kernels._triton_utils  # noqa: F401  (interpreter fix-up)
+from kernels._triton_utils import empty
 
 __all__ = ["selective_scan"]
 
@@ -323,9 +323,9 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     n_chunks = _n_chunks(seqlen, dstate)
     cfg["BLOCK_L"] = block_l  # the saved chunk-start states must line up with the backward's chunks
     block_d = _block_d(cfg.pop("BLOCK_D"), dim, groups)
-    out = torch.empty_like(u, memory_format=torch.contiguous_format)
-    last_state = torch.empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
-    states = torch.empty(batch, dim, n_chunks if save_states else 0, dstate, device=u.device, dtype=torch.float32)
+    out = empty(batch, dim, seqlen, device=u.device, dtype=u.dtype)
+    last_state = empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
+    states = empty(batch, dim, n_chunks if save_states else 0, dstate, device=u.device, dtype=torch.float32)
     if seqlen == 0:
         last_state.copy_(initial_state if initial_state is not None else torch.zeros_like(last_state))
         return out, last_state, states
@@ -356,15 +356,15 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
     block_d = _block_d(cfg.pop("BLOCK_D"), dim, groups)
     n_chunks = states.shape[2]
     f32 = dict(device=u.device, dtype=torch.float32)
-    du = torch.empty(u.shape, device=u.device, dtype=u.dtype)
-    ddelta = torch.empty(delta.shape, device=u.device, dtype=delta.dtype)
-    dz = torch.empty(z.shape, device=u.device, dtype=z.dtype) if z is not None else None
+    du = empty(*u.shape, device=u.device, dtype=u.dtype)
+    ddelta = empty(*delta.shape, device=u.device, dtype=delta.dtype)
+    dz = empty(*z.shape, device=u.device, dtype=z.dtype) if z is not None else None
     dA = torch.zeros(A.shape, **f32)
     dB = torch.zeros(batch, groups, dstate, seqlen, **f32)
     dC = torch.zeros(batch, groups, dstate, seqlen, **f32)
     dD = torch.zeros(dim, **f32) if D is not None else None
     ddelta_bias = torch.zeros(dim, **f32) if delta_bias is not None else None
-    dinit = torch.empty(batch, dim, dstate, **f32) if initial_state is not None else None
+    dinit = empty(batch, dim, dstate, **f32) if initial_state is not None else None
     if seqlen > 0:
         z_strides = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
         grid = (triton.cdiv(dim, block_d), batch)

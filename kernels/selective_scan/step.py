@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-import kernels._triton_utils  # noqa: F401  (interpreter fix-up)
+from kernels._triton_utils import empty
 
 __all__ = ["selective_state_update"]
 
@@ -93,7 +93,7 @@ def selective_state_update(
     block_d = max(1, min(triton.next_power_of_2(dim), 4096 // block_n, 64))
     while groups > 1 and per_group % block_d:
         block_d //= 2
-    out = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
+    out = empty(batch, dim, device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(dim, block_d), batch)
     _selective_state_update_kernel[grid](
         state, x, dt, A, B, C, D, z, dt_bias, out,
