@@ -1,0 +1,46 @@
+"""The lm_pretrain recipe end to end on a tiny config: metrics, plots, export, resume, config errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recipes import lm_pretrain
+from tasks.language.tokenizer import TextTokenizer
+from tasks.lm import MambaLM
+from tasks.runs import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch, data_dir):
+    monkeypatch.setenv("MAMBALAB_CACHE", str(tmp_path / "cache"))
+
+
+def test_tiny_run_writes_metrics_export_and_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    metrics = lm_pretrain.main(["--config", "tiny", f"run_dir={run_dir}", "data.extra_eval=[wikitext2_valid]"])
+    for name in ("val", "wikitext2"):
+        assert {f"{name}/loss", f"{name}/perplexity", f"{name}/bits_per_char"} <= metrics.keys()
+        assert 0 < metrics[f"{name}/bits_per_char"] < 10
+    assert metrics["steps"] == 6
+    for item in ("config.yaml", "git_revision.txt", "metrics.csv", "metrics.json", "loss_curve.png"):
+        assert (run_dir / item).is_file(), item
+    assert json.loads((run_dir / "metrics.json").read_text())["val/bits_per_char"] == metrics["val/bits_per_char"]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+    model = MambaLM.from_pretrained(run_dir / "model")
+    tokenizer = TextTokenizer.from_file(run_dir / "model")
+    assert model.config.vocab_size == tokenizer.vocab_size == 300
+
+    resumed = lm_pretrain.main(
+        ["--config", "tiny", f"run_dir={run_dir}", "ckpt_path=last", "trainer.max_steps=8", "data.extra_eval=[]"]
+    )
+    assert resumed["steps"] == 8
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="model.d_modl"):
+        lm_pretrain.main(["--config", "tiny", f"run_dir={tmp_path}", "model.d_modl=8"])
+    with pytest.raises(ValueError, match="not a named text dataset"):
+        lm_pretrain.main(["--config", "tiny", f"run_dir={tmp_path}", "data.corpus=nope"])
