@@ -1,0 +1,118 @@
+"""Triton causal conv1d (+ decode step) and fused add+norm against the references, under TRITON_INTERPRET=1 on CPU.
+
+Run through `tests/kernels/test_interpreter_suite.py`, or directly:
+`TRITON_INTERPRET=1 MAMBALAB_KERNELS=triton python -m pytest tests/kernels/interpret -q`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from kernel_tolerance import assert_close
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="Triton interpreter tests: run with TRITON_INTERPRET=1"
+)
+
+import kernels  # noqa: E402
+from kernels.causal_conv1d import ref as conv_ref  # noqa: E402
+from kernels.rms_norm import ref as norm_ref  # noqa: E402
+
+
+def grads_of(fn, tensors: dict, upstream: list, *, upcast: bool, **kwargs):
+    leaves = {k: None if v is None else (v.float() if upcast else v).clone().requires_grad_() for k, v in tensors.items()}
+    outs = fn(**leaves, **kwargs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    loss = sum((o.float() * g.float()).sum() for o, g in zip(outs, upstream))
+    present = [k for k, v in leaves.items() if v is not None]
+    return outs, dict(zip(present, torch.autograd.grad(loss, [leaves[k] for k in present])))
+
+
+def compare(fast_fn, ref_fn, tensors, upstream, **kwargs):
+    with kernels.use_triton():
+        fast = grads_of(fast_fn, tensors, upstream, upcast=False, **kwargs)
+    lowp = grads_of(ref_fn, tensors, upstream, upcast=False, **kwargs)
+    hi = grads_of(ref_fn, tensors, upstream, upcast=True, **kwargs)
+    for i, (f, lo, h) in enumerate(zip(fast[0], lowp[0], hi[0])):
+        assert_close(f"output {i}", f, lo, h)
+    for name in fast[1]:
+        assert_close(f"d{name}", fast[1][name], lowp[1][name], hi[1][name])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("seqlen", [1, 7, 65, 200])
+@pytest.mark.parametrize("width", [2, 3, 4, 7])
+def test_conv_all_options(width, seqlen, dtype):
+    batch, dim = 2, 5
+    tensors = dict(
+        x=torch.randn(batch, dim, seqlen).to(dtype), weight=torch.randn(dim, width) / width,
+        bias=torch.randn(dim), initial_state=torch.randn(batch, dim, width - 1).to(dtype),
+    )
+    upstream = [torch.randn(batch, dim, seqlen).to(dtype), torch.randn(batch, dim, width - 1).to(dtype)]
+    compare(kernels.causal_conv1d, conv_ref.causal_conv1d, tensors, upstream, activation="silu", return_final_state=True)
+
+
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("has_bias", [False, True])
+def test_conv_without_state(activation, has_bias):
+    batch, dim, seqlen, width = 2, 3, 33, 4
+    tensors = dict(x=torch.randn(batch, dim, seqlen), weight=torch.randn(dim, width), bias=torch.randn(dim) if has_bias else None)
+    compare(kernels.causal_conv1d, conv_ref.causal_conv1d, tensors, [torch.randn(batch, dim, seqlen)], activation=activation)
+
+
+def test_conv_final_state_without_initial_state_short_sequence():
+    tensors = dict(x=torch.randn(2, 3, 2), weight=torch.randn(3, 5))
+    upstream = [torch.randn(2, 3, 2), torch.randn(2, 3, 4)]
+    compare(kernels.causal_conv1d, conv_ref.causal_conv1d, tensors, upstream, activation="silu", return_final_state=True)
+
+
+@pytest.mark.parametrize("width,state_len", [(2, 2), (4, 4), (4, 6), (7, 9)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_conv_update_matches_reference(width, state_len, dtype):
+    batch, dim = 2, 5
+    x, weight, bias = torch.randn(batch, dim).to(dtype), torch.randn(dim, width), torch.randn(dim)
+    state = torch.randn(batch, dim, state_len).to(dtype)
+    fast_state, lowp_state, hi_state = state.clone(), state.clone(), state.float()
+    with kernels.use_triton():
+        fast = kernels.causal_conv1d_update(x, fast_state, weight, bias, activation="silu")
+    lowp = conv_ref.causal_conv1d_update(x, lowp_state, weight, bias, activation="silu")
+    hi = conv_ref.causal_conv1d_update(x.float(), hi_state, weight, bias, activation="silu")
+    assert_close("out", fast, lowp, hi)
+    torch.testing.assert_close(fast_state, lowp_state, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("width", [2, 4])
+def test_conv_update_shortest_state_steps_equal_full_conv(width):
+    # state_len == width - 1 (the reference's update needs state_len >= width; compare with the full conv instead).
+    batch, dim, seqlen = 2, 3, 6
+    x, weight, bias = torch.randn(batch, dim, seqlen), torch.randn(dim, width), torch.randn(dim)
+    init = torch.randn(batch, dim, width - 1)
+    expected, final = conv_ref.causal_conv1d(x, weight, bias, activation="silu", initial_state=init, return_final_state=True)
+    state = init.clone()
+    with kernels.use_triton():
+        outs = [kernels.causal_conv1d_update(x[..., t], state, weight, bias, activation="silu") for t in range(seqlen)]
+    torch.testing.assert_close(torch.stack(outs, -1), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(state, final)
+
+
+@pytest.mark.parametrize("norm", ["rms_norm", "layer_norm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "has_residual,prenorm,residual_in_fp32,has_bias",
+    [(False, False, False, False), (True, False, False, True), (True, True, False, False), (True, True, True, True),
+     (False, True, True, False)],
+)
+def test_add_norm(norm, dtype, has_residual, prenorm, residual_in_fp32, has_bias):
+    shape, hidden = (2, 3, 40), 40
+    tensors = dict(
+        x=torch.randn(shape).to(dtype), weight=1 + 0.1 * torch.randn(hidden),
+        bias=torch.randn(hidden) if has_bias else None,
+        residual=torch.randn(shape).to(dtype) if has_residual else None,
+    )
+    upstream = [torch.randn(shape).to(dtype), torch.randn(shape)]
+    compare(
+        getattr(kernels, norm), getattr(norm_ref, norm), tensors, upstream,
+        eps=1e-5, prenorm=prenorm, residual_in_fp32=residual_in_fp32,
+    )
