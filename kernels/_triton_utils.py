@@ -7,13 +7,19 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["empty", "poisoning"]
+__all__ = ["empty", "poisoning", "unit_stride"]
 
 
 def poisoning() -> bool:
     """Fill kernel outputs with NaN before launch (under the interpreter, or with MAMBALAB_KERNELS_POISON=1), so a
     test sees any element a kernel forgot to write."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1" or os.environ.get("MAMBALAB_KERNELS_POISON", "0") == "1"
+
+
+def unit_stride(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The kernels index the last dim with stride 1: copy only a tensor that lacks it (the public ops already fix
+    this; a compiled graph may still hand a custom op another layout)."""
+    return tuple(t if t is None or t.dim() == 0 or t.stride(-1) == 1 else t.contiguous() for t in tensors)
 
 
 def empty(*shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_utils import empty
+from kernels._triton_utils import empty, unit_stride
 
 __all__ = ["causal_conv1d"]
 
@@ -149,6 +149,7 @@ def _final_state(x: torch.Tensor, initial_state: torch.Tensor | None, width: int
 def _causal_conv1d_fwd(x, weight, bias, initial_state, silu, return_final_state):
     """Launch the forward. Returns out `(b, d, l)` x.dtype and the final state `(b, d, width-1)` (empty unless
     `return_final_state`)."""
+    x, weight, bias, initial_state = unit_stride(x, weight, bias, initial_state)
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     if initial_state is not None:
@@ -169,6 +170,8 @@ def _causal_conv1d_fwd(x, weight, bias, initial_state, silu, return_final_state)
 
 def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
     """Launch the backward. Returns (dx, dweight, dbias, dinit), each like its input, or None where it is None."""
+    dout, x, weight, bias = unit_stride(dout, x, weight, bias)
+    dfinal = None if dfinal is None else dfinal.contiguous()
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     init = initial_state.to(x.dtype) if initial_state is not None else None
@@ -236,9 +239,7 @@ class _CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dfinal):
         x, weight, bias, initial_state = ctx.saved_tensors
-        if dout.stride(-1) != 1:
-            dout = dout.contiguous()
-        dfinal = dfinal.contiguous() if ctx.return_final_state and dfinal is not None else None
+        dfinal = dfinal if ctx.return_final_state else None
         grads = torch.ops.mambalab.causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, ctx.silu)
         present = (x, weight, bias, initial_state)
         return (*(g if t is not None else None for g, t in zip(grads, present)), None, None)

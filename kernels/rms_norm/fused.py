@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_utils import empty
+from kernels._triton_utils import empty, unit_stride
 
 __all__ = ["layer_norm", "rms_norm"]
 
@@ -117,6 +117,7 @@ def _num_warps(block_n: int) -> int:
 def _add_norm_fwd(x, weight, bias, residual, eps, is_rms_norm, prenorm, residual_in_fp32):
     """Launch the forward on `(..., hidden)`. Returns out (x.dtype), the new residual (empty unless prenorm), and the
     per-row mean (empty for RMSNorm) and rstd, fp32."""
+    x, weight, bias, residual = unit_stride(x, weight, bias, residual)
     shape, hidden = x.shape, x.shape[-1]
     x2, res2 = _rows(x), _rows(residual)
     rows = x2.shape[0]
@@ -138,6 +139,7 @@ def _add_norm_fwd(x, weight, bias, residual, eps, is_rms_norm, prenorm, residual
 
 def _add_norm_bwd(dout, dres_out, x, weight, bias, residual, mean, rstd, is_rms_norm):
     """Launch the backward. Returns (dx, dweight, dbias, dresidual), None where the input is None."""
+    dout, dres_out, x, weight, residual = unit_stride(dout, dres_out, x, weight, residual)
     shape, hidden = x.shape, x.shape[-1]
     x2, res2, dout2, dres2 = _rows(x), _rows(residual), _rows(dout), _rows(dres_out)
     rows = x2.shape[0]
@@ -220,11 +222,7 @@ class _AddNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dres_out):
         x, weight, bias, residual, mean, rstd = ctx.saved_tensors
-        dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-        if ctx.prenorm and dres_out is not None:
-            dres_out = dres_out if dres_out.stride(-1) == 1 else dres_out.contiguous()
-        else:
-            dres_out = None
+        dres_out = dres_out if ctx.prenorm else None
         grads = torch.ops.mambalab.add_norm_bwd(dout, dres_out, x, weight, bias, residual, mean, rstd, ctx.is_rms_norm)
         present = (x, weight, bias, residual)
         return (*(g if t is not None else None for g, t in zip(grads, present)), None, None, None, None)

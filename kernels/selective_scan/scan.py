@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_utils import empty
+from kernels._triton_utils import empty, unit_stride
 
 __all__ = ["selective_scan"]
 
@@ -314,6 +314,7 @@ def _n_chunks(seqlen: int, dstate: int) -> int:
 def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states):
     """Launch the forward. Returns out `(b, d, l)` u.dtype, last_state `(b, d, n)` fp32 and, when `save_states`,
     the chunk-start states `(b, d, n_chunks, n)` fp32 (else an empty tensor)."""
+    u, delta, A, B, C, D, z, delta_bias, initial_state = unit_stride(u, delta, A, B, C, D, z, delta_bias, initial_state)
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
     groups, sBb, sBg, sBn = _split_bc(B)
@@ -348,6 +349,8 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
 def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, delta_softplus):
     """Launch the backward. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinit), each shaped and typed like
     its input, or None where the input is None."""
+    dout, u, delta, A, B, C, D, z, delta_bias = unit_stride(dout, u, delta, A, B, C, D, z, delta_bias)
+    dlast = None if dlast is None else dlast.contiguous()
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
     groups, sBb, sBg, sBn = _split_bc(B)
@@ -442,9 +445,7 @@ class _SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, D, z, delta_bias, initial_state, states = ctx.saved_tensors
         grads = torch.ops.mambalab.selective_scan_bwd(
-            dout.contiguous() if dout.stride(-1) != 1 else dout,
-            None if dlast is None else dlast.contiguous(),
-            u, delta, A, B, C, D, z, delta_bias, initial_state, states, ctx.delta_softplus,
+            dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, ctx.delta_softplus,
         )
         present = (u, delta, A, B, C, D, z, delta_bias, initial_state)
         return (*(g if t is not None else None for g, t in zip(grads, present)), None)

@@ -1,0 +1,330 @@
+"""Kernel benchmarks: our Triton ops vs our PyTorch references and torch.compile of them, on one GPU.
+
+    python benchmarks/kernels.py                 # everything; writes benchmarks/results/kernels_<gpu>.{json,md}
+    python benchmarks/kernels.py --sweep         # also sweep the selective scan's block shapes first
+    python benchmarks/kernels.py --quick         # skip the slow reference / torch.compile timings
+
+Inputs as in the anchors of /work/shared/PERFORMANCE.md: bf16 u/delta/z/B/C, fp32 A/D/delta_bias, delta_softplus,
+z gating, input-dependent B/C `(batch, dstate, seqlen)`. Every op is checked against an fp32 reference on the same
+inputs before it is timed (relative error, max-norm). Times are `triton.testing.do_bench` medians; TB/s counts each
+input read once and each output written once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernels.causal_conv1d import conv, step as conv_step  # noqa: E402
+from kernels.causal_conv1d import ref as conv_ref  # noqa: E402
+from kernels.rms_norm import fused  # noqa: E402
+from kernels.rms_norm import ref as norm_ref  # noqa: E402
+from kernels.selective_scan import ref as scan_ref  # noqa: E402
+from kernels.selective_scan import scan, step as scan_step  # noqa: E402
+
+ANCHORS_US = {  # mamba-ssm 2.3.2 / causal-conv1d 1.7.0 on an H100 80GB HBM3 (PERFORMANCE.md)
+    ("scan fwd", (8, 1536, 2048, 16)): 451.5,
+    ("scan fwd+bwd", (8, 1536, 2048, 16)): 2452.5,
+    ("scan fwd", (4, 5120, 2048, 16)): 737.9,
+    ("scan fwd+bwd", (4, 5120, 2048, 16)): 4027.4,
+    ("scan fwd", (1, 1536, 65536, 16)): 2206.8,
+    ("scan fwd+bwd", (1, 1536, 65536, 16)): 10608.0,
+    ("scan fwd+bwd", (2, 2048, 16384, 16)): 7007.5,
+    ("conv fwd", (8, 1536, 2048)): 41.4,
+    ("conv fwd+bwd", (8, 1536, 2048)): 573.5,
+    ("conv fwd+bwd", (1, 1536, 65536)): 576.0,
+}
+TARGETS_US = {
+    ("scan fwd", (8, 1536, 2048, 16)): 300,
+    ("scan fwd+bwd", (8, 1536, 2048, 16)): 1600,
+    ("scan fwd", (4, 5120, 2048, 16)): 500,
+    ("scan fwd+bwd", (4, 5120, 2048, 16)): 2700,
+    ("scan fwd", (1, 1536, 65536, 16)): 1500,
+    ("scan fwd+bwd", (1, 1536, 65536, 16)): 7000,
+    ("scan fwd+bwd", (2, 2048, 16384, 16)): 4700,
+    ("conv fwd", (8, 1536, 2048)): 45,
+    ("conv fwd+bwd", (8, 1536, 2048)): 150,
+    ("conv fwd+bwd", (1, 1536, 65536)): 300,
+}
+
+ROWS: list[dict] = []
+
+
+def nbytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def rel_err(fast, ref) -> float:
+    fast, ref = fast.float(), ref.float()
+    return ((fast - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+
+
+def bench(fn, rep=100) -> float:
+    return do_bench(fn, warmup=25, rep=rep, return_mode="median") * 1e3  # us
+
+
+def record(op, shape, impl, us, moved, err=None, note=""):
+    key = (op, tuple(shape))
+    anchor = ANCHORS_US.get(key) if impl == "triton" else None
+    row = dict(op=op, shape=list(shape), impl=impl, us=round(us, 2), tb_s=round(moved / us / 1e6, 3) if moved else None,
+               rel_err=err, anchor_us=anchor, vs_anchor=round(anchor / us, 2) if anchor else None,
+               target_us=TARGETS_US.get(key) if impl == "triton" else None, note=note)
+    ROWS.append(row)
+    print(f"{op:<14} {str(tuple(shape)):<24} {impl:<16} {us:>11.1f} us  {row['tb_s'] or 0:>6.2f} TB/s"
+          + (f"  err {err:.1e}" if err is not None else "")
+          + (f"  anchor {anchor:.1f} us (x{anchor / us:.2f} faster)" if anchor else "")
+          + (f"  target {row['target_us']}" if row["target_us"] else "") + (f"  {note}" if note else ""), flush=True)
+    return row
+
+
+def scan_inputs(batch, dim, seqlen, dstate, device="cuda"):
+    bf = dict(device=device, dtype=torch.bfloat16)
+    dt0 = torch.exp(torch.rand(dim, device=device) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    return dict(
+        u=torch.randn(batch, dim, seqlen, **bf), delta=0.5 * torch.randn(batch, dim, seqlen, **bf),
+        A=-torch.arange(1, dstate + 1, device=device, dtype=torch.float32).repeat(dim, 1) * (0.5 + torch.rand(dim, 1, device=device)),
+        B=torch.randn(batch, dstate, seqlen, **bf), C=torch.randn(batch, dstate, seqlen, **bf),
+        D=torch.randn(dim, device=device), z=torch.randn(batch, dim, seqlen, **bf),
+        delta_bias=dt0 + torch.log(-torch.expm1(-dt0)),  # inverse softplus, as mamba's dt init
+    )
+
+
+def scan_check(inputs, channels=None, grads=True):
+    """Relative errors (out, and the gradients) against the fp32 chunked reference, optionally on a channel slice."""
+    sl = slice(None) if channels is None else slice(0, channels)
+    sub = {k: (v[:, sl] if k in ("u", "delta", "z") else v[sl] if k in ("A", "D", "delta_bias") else v) for k, v in inputs.items()}
+    dout = torch.randn_like(sub["u"])
+    leaves = {k: v.clone().requires_grad_(grads) for k, v in sub.items()}
+    out = scan.selective_scan(**leaves, delta_softplus=True)
+    ref_leaves = {k: v.float().clone().requires_grad_(grads) for k, v in sub.items()}
+    ref_out = scan_ref.selective_scan(**ref_leaves, delta_softplus=True)
+    errs = {"out": rel_err(out, ref_out)}
+    if grads:
+        g = torch.autograd.grad(out, list(leaves.values()), dout)
+        rg = torch.autograd.grad(ref_out, list(ref_leaves.values()), dout.float())
+        errs.update({f"d{k}": rel_err(a, b) for k, a, b in zip(leaves, g, rg)})
+    del ref_out, ref_leaves
+    torch.cuda.empty_cache()
+    return errs
+
+
+def bench_scan(shape, *, fwd_bwd=True, check_grads=False, check_channels=None, references=False):
+    batch, dim, seqlen, dstate = shape
+    inputs = scan_inputs(*shape)
+    errs = scan_check(inputs, channels=check_channels, grads=check_grads)
+    worst = max(errs.values())
+    note = "" if check_channels is None else f"checked on {check_channels} channels"
+    if check_grads:
+        print("   grad rel errs: " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+    moved_fwd = nbytes(*inputs.values()) + nbytes(inputs["u"])
+    with torch.no_grad():
+        us = bench(lambda: scan.selective_scan(**inputs, delta_softplus=True))
+    record("scan fwd", shape, "triton", us, moved_fwd, errs["out"], note)
+    if fwd_bwd:
+        leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+        dout = torch.randn_like(inputs["u"])
+
+        def step():
+            out = scan.selective_scan(**leaves, delta_softplus=True)
+            return torch.autograd.grad(out, list(leaves.values()), dout)
+
+        moved = moved_fwd + nbytes(*inputs.values()) + nbytes(dout) + nbytes(*inputs.values())
+        record("scan fwd+bwd", shape, "triton", bench(step), moved, worst, note)
+    if references:
+        with torch.no_grad():
+            us = bench(lambda: scan_ref.selective_scan(**inputs, delta_softplus=True), rep=300)
+            record("scan fwd", shape, "torch ref", us, moved_fwd)
+            compiled = torch.compile(scan_ref.selective_scan)
+            t0 = time.time()
+            compiled(**inputs, delta_softplus=True)
+            compile_s = time.time() - t0
+            us = bench(lambda: compiled(**inputs, delta_softplus=True), rep=300)
+            record("scan fwd", shape, "torch.compile ref", us, moved_fwd, note=f"compile {compile_s:.0f}s")
+            torch.cuda.synchronize()
+            t0 = time.time()
+            scan_ref.selective_scan_sequential(**inputs, delta_softplus=True)
+            torch.cuda.synchronize()
+            record("scan fwd", shape, "sequential ref", (time.time() - t0) * 1e6, moved_fwd, note="one run")
+    del inputs
+    torch.cuda.empty_cache()
+
+
+def bench_conv(shape, width=4, *, fwd=True, references=False):
+    batch, dim, seqlen = shape
+    x = torch.randn(batch, dim, seqlen, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(dim, width, device="cuda") / width
+    b = torch.randn(dim, device="cuda")
+    dout = torch.randn_like(x)
+    out = conv.causal_conv1d(x, w, b, activation="silu")
+    err = rel_err(out, conv_ref.causal_conv1d(x.float(), w, b, activation="silu"))
+    moved = nbytes(x, w, b, out)
+    if fwd:
+        with torch.no_grad():
+            record("conv fwd", shape, "triton", bench(lambda: conv.causal_conv1d(x, w, b, activation="silu")), moved, err)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+
+    def step(fn):
+        o = fn(*leaves, activation="silu")
+        return torch.autograd.grad(o, leaves, dout)
+
+    g = step(conv.causal_conv1d)
+    gr = torch.autograd.grad(conv_ref.causal_conv1d(*[t.float() for t in leaves], activation="silu"), leaves, dout.float())
+    gerr = max(rel_err(a, c) for a, c in zip(g, gr))
+    moved_fb = moved + nbytes(x, w, b, dout) + nbytes(x, w, b)
+    record("conv fwd+bwd", shape, "triton", bench(lambda: step(conv.causal_conv1d)), moved_fb, max(err, gerr))
+    if references:
+        record("conv fwd+bwd", shape, "torch ref", bench(lambda: step(conv_ref.causal_conv1d)), moved_fb)
+        compiled = torch.compile(conv_ref.causal_conv1d)
+        step(compiled)
+        record("conv fwd+bwd", shape, "torch.compile ref", bench(lambda: step(compiled)), moved_fb)
+
+
+def bench_norm(rows=16384, hidden=1536):
+    x = torch.randn(rows, hidden, device="cuda", dtype=torch.bfloat16)
+    res = torch.randn(rows, hidden, device="cuda", dtype=torch.float32)
+    w = 1 + 0.1 * torch.randn(hidden, device="cuda")
+    kw = dict(eps=1e-5, prenorm=True, residual_in_fp32=True)
+    out, new_res = fused.rms_norm(x, w, None, res, **kw)
+    ref_out, _ = norm_ref.rms_norm(x.float(), w, None, res, **kw)
+    moved = nbytes(x, res, w, out, new_res)
+    with torch.no_grad():
+        record("rms_norm fwd", (rows, hidden), "triton", bench(lambda: fused.rms_norm(x, w, None, res, **kw)), moved, rel_err(out, ref_out))
+        record("rms_norm fwd", (rows, hidden), "torch ref", bench(lambda: norm_ref.rms_norm(x, w, None, res, **kw)), moved)
+        compiled = torch.compile(norm_ref.rms_norm)
+        compiled(x, w, None, res, **kw)
+        record("rms_norm fwd", (rows, hidden), "torch.compile ref", bench(lambda: compiled(x, w, None, res, **kw)), moved)
+    leaves = [t.clone().requires_grad_() for t in (x, w, res)]
+    dout, dres = torch.randn_like(x), torch.randn_like(res)
+
+    def step(fn):
+        o, r = fn(leaves[0], leaves[1], None, leaves[2], **kw)
+        return torch.autograd.grad((o, r), leaves, (dout, dres))
+
+    moved_fb = moved + nbytes(x, res, w, dout, dres) + nbytes(x, res, w)
+    record("rms_norm fwd+bwd", (rows, hidden), "triton", bench(lambda: step(fused.rms_norm)), moved_fb)
+    record("rms_norm fwd+bwd", (rows, hidden), "torch ref", bench(lambda: step(norm_ref.rms_norm)), moved_fb)
+
+
+def bench_decode(batch=64, dim=1536, dstate=16, width=4):
+    state = torch.randn(batch, dim, dstate, device="cuda")
+    x, dt, z = (torch.randn(batch, dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    A = -torch.rand(dim, dstate, device="cuda")
+    B, C = (torch.randn(batch, dstate, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    D, dt_bias = torch.randn(dim, device="cuda"), torch.randn(dim, device="cuda")
+    s1, s2 = state.clone(), state.clone()
+    err = rel_err(scan_step.selective_state_update(s1, x, dt, A, B, C, D, z, dt_bias, dt_softplus=True),
+                  scan_ref.selective_state_update(s2, x.float(), dt.float(), A, B.float(), C.float(), D, z.float(), dt_bias, dt_softplus=True))
+    moved = 2 * nbytes(state) + nbytes(x, dt, z, A, B, C, D, dt_bias) + nbytes(x)
+    record("state_update", (batch, dim, dstate), "triton", bench(lambda: scan_step.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus=True)), moved, err)
+    record("state_update", (batch, dim, dstate), "torch ref", bench(lambda: scan_ref.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus=True)), moved)
+    cs = torch.randn(batch, dim, width, device="cuda", dtype=torch.bfloat16)
+    w, b = torch.randn(dim, width, device="cuda"), torch.randn(dim, device="cuda")
+    moved = 2 * nbytes(cs) + nbytes(x, w, b, x)
+    record("conv_update", (batch, dim, width), "triton", bench(lambda: conv_step.causal_conv1d_update(x, cs, w, b, activation="silu")), moved)
+    record("conv_update", (batch, dim, width), "torch ref", bench(lambda: conv_ref.causal_conv1d_update(x, cs, w, b, activation="silu")), moved)
+
+
+def sweep_scan(shape=(8, 1536, 2048, 16)):
+    """Time a few block shapes of the forward and the backward; keep the fastest in scan.CONFIGS for this run."""
+    dstate = shape[3]
+    inputs = scan_inputs(*shape)
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    dout = torch.randn_like(inputs["u"])
+    best = {}
+    for block_l in (32, 64):
+        for kind, candidates in (
+            ("fwd", [(4, 4), (8, 4), (8, 8), (16, 8), (4, 2)]),
+            ("bwd", [(4, 4), (8, 8), (4, 8), (16, 8), (2, 4)]),
+        ):
+            for block_d, warps in candidates:
+                scan.CONFIGS[kind][dstate] = dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+                scan.CONFIGS["bwd"][dstate]["BLOCK_L"] = block_l
+                try:
+                    if kind == "fwd":
+                        with torch.no_grad():
+                            us = bench(lambda: scan.selective_scan(**inputs, delta_softplus=True), rep=50)
+                    else:
+                        out = scan.selective_scan(**leaves, delta_softplus=True)
+                        saved = out.grad_fn
+                        us = bench(lambda: torch.autograd.grad(out, list(leaves.values()), dout, retain_graph=True), rep=50)
+                        del saved
+                except Exception as err:  # a shape that does not compile (registers, shared memory) is skipped
+                    print(f"sweep {kind} BL={block_l} BD={block_d} w={warps}: failed {type(err).__name__}", flush=True)
+                    continue
+                print(f"sweep {kind} BLOCK_L={block_l} BLOCK_D={block_d} warps={warps}: {us:.1f} us", flush=True)
+                cfg = dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+                if (kind, block_l) not in best or us < best[(kind, block_l)][0]:
+                    best[(kind, block_l)] = (us, cfg)
+                ROWS.append(dict(op=f"sweep scan {kind}", shape=list(shape), impl="triton", us=round(us, 1), note=str(cfg)))
+    totals = {bl: best[("fwd", bl)][0] + best[("bwd", bl)][0] for bl in (32, 64) if ("fwd", bl) in best and ("bwd", bl) in best}
+    block_l = min(totals, key=totals.get)
+    scan.CONFIGS["fwd"][dstate] = best[("fwd", block_l)][1]
+    scan.CONFIGS["bwd"][dstate] = best[("bwd", block_l)][1]
+    print(f"sweep best: fwd {scan.CONFIGS['fwd'][dstate]} bwd {scan.CONFIGS['bwd'][dstate]}", flush=True)
+
+
+def write_results(args):
+    gpu = torch.cuda.get_device_name()
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
+    meta = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
+                date=time.strftime("%Y-%m-%d %H:%M:%S"), scan_configs=scan.CONFIGS)
+    results = dict(meta=meta, rows=ROWS)
+    lines = [f"# Kernel benchmarks on {gpu}", "",
+             f"torch {torch.__version__}, triton {triton.__version__}; `python benchmarks/kernels.py`; "
+             "median of triton.testing.do_bench; TB/s counts each input read once and each output written once; "
+             "anchors are mamba-ssm 2.3.2 / causal-conv1d 1.7.0 on an H100 (PERFORMANCE.md).", "",
+             "| op | shape | impl | time (us) | TB/s | rel err | anchor (us) | anchor / ours | target (us) | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in ROWS:
+        if r["op"].startswith("sweep"):
+            continue
+        cells = [r["op"], str(tuple(r["shape"])), r["impl"], f"{r['us']:.1f}", r.get("tb_s") or "",
+                 f"{r['rel_err']:.1e}" if r.get("rel_err") is not None else "", r.get("anchor_us") or "",
+                 r.get("vs_anchor") or "", r.get("target_us") or "", r.get("note") or ""]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    text = "\n".join(lines) + "\n"
+    dirs = [Path(__file__).resolve().parent / "results"] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"kernels_{slug}.json").write_text(json.dumps(results, indent=1))
+        (d / f"kernels_{slug}.md").write_text(text)
+    print(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", action="store_true", help="sweep the scan's block shapes first")
+    parser.add_argument("--quick", action="store_true", help="skip the reference and torch.compile timings")
+    args = parser.parse_args(argv)
+    print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}", flush=True)
+    torch.manual_seed(0)
+    if args.sweep:
+        sweep_scan()
+    refs = not args.quick
+    bench_scan((8, 1536, 2048, 16), check_grads=True, references=refs)
+    bench_scan((4, 5120, 2048, 16), check_channels=512)
+    bench_scan((1, 1536, 65536, 16), check_channels=256)
+    bench_scan((2, 2048, 16384, 16), check_channels=256)
+    bench_scan((8, 1536, 2048, 64), check_channels=512)
+    bench_conv((8, 1536, 2048), references=refs)
+    bench_conv((1, 1536, 65536), fwd=True)
+    bench_norm()
+    bench_decode()
+    write_results(args)
+
+
+if __name__ == "__main__":
+    main()

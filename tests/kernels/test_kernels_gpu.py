@@ -1,0 +1,130 @@
+"""Triton kernels on a GPU at model sizes (dim 1536, seqlen 2048 and 16384, dstate 16 and 64), against the
+references. Run on the device machine: `python -m pytest -m gpu tests/kernels -q`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_tolerance import assert_close
+
+from kernels.causal_conv1d import conv
+from kernels.causal_conv1d import ref as conv_ref
+from kernels.rms_norm import fused
+from kernels.rms_norm import ref as norm_ref
+from kernels.selective_scan import ref as scan_ref
+from kernels.selective_scan import scan
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setenv("MAMBALAB_KERNELS_POISON", "1")
+
+
+def scan_inputs(batch, dim, seqlen, dstate, dtype, groups=None):
+    cuda = dict(device="cuda")
+    bc = (batch, dstate, seqlen) if groups is None else (batch, groups, dstate, seqlen)
+    return dict(
+        u=torch.randn(batch, dim, seqlen, **cuda).to(dtype), delta=(0.5 * torch.randn(batch, dim, seqlen, **cuda) - 2).to(dtype),
+        A=-(0.5 + torch.rand(dim, dstate, **cuda)) * torch.arange(1, dstate + 1, **cuda), B=torch.randn(bc, **cuda).to(dtype),
+        C=torch.randn(bc, **cuda).to(dtype), D=torch.randn(dim, **cuda), z=torch.randn(batch, dim, seqlen, **cuda).to(dtype),
+        delta_bias=0.5 * torch.randn(dim, **cuda), initial_state=torch.randn(batch, dim, dstate, **cuda),
+    )
+
+
+def run_scan(fn, inputs, dout, dlast, upcast):
+    leaves = {k: (v.float() if upcast else v).clone().requires_grad_() for k, v in inputs.items()}
+    out, last = fn(**leaves, delta_softplus=True, return_last_state=True)
+    grads = torch.autograd.grad((out.float() * dout.float()).sum() + (last * dlast).sum(), list(leaves.values()))
+    return [out, last, *grads]
+
+
+@pytest.mark.parametrize(
+    "shape,dtype,groups",
+    [((2, 1536, 2048, 16), torch.bfloat16, None), ((1, 1536, 2048, 64), torch.float32, None),
+     ((1, 1536, 2048, 16), torch.bfloat16, 4), ((1, 1536, 16384, 16), torch.bfloat16, None)],
+    ids=["2048-d16-bf16", "2048-d64-fp32", "2048-grouped", "16384-d16-bf16"],
+)
+def test_scan_fwd_bwd(shape, dtype, groups):
+    inputs = scan_inputs(*shape, dtype, groups)
+    dout = torch.randn_like(inputs["u"])
+    dlast = torch.randn_like(inputs["initial_state"])
+    fast = run_scan(scan.selective_scan, inputs, dout, dlast, upcast=False)
+    lowp = run_scan(scan_ref.selective_scan, inputs, dout, dlast, upcast=False)
+    hi = run_scan(scan_ref.selective_scan, inputs, dout, dlast, upcast=True)
+    for name, f, lo, h in zip(["out", "last", *(f"d{k}" for k in inputs)], fast, lowp, hi):
+        assert_close(name, f, lo, h, rtol=max(torch.finfo(lo.dtype).eps, 1e-3))
+
+
+@pytest.mark.parametrize("dstate", [16, 64])
+def test_scan_forward_long(dstate):
+    # seqlen 16384 with dstate 64: compare a slice of channels (channels are independent given B/C).
+    inputs = scan_inputs(1, 1536, 16384, dstate, torch.bfloat16)
+    with torch.no_grad():
+        out, last = scan.selective_scan(**inputs, delta_softplus=True, return_last_state=True)
+        sub = {k: (v[:, :192] if k in ("u", "delta", "z", "initial_state") else v[:192] if k in ("A", "D", "delta_bias") else v)
+               for k, v in inputs.items()}
+        lowp = scan_ref.selective_scan(**sub, delta_softplus=True, return_last_state=True)
+        hi = scan_ref.selective_scan(**{k: v.float() for k, v in sub.items()}, delta_softplus=True, return_last_state=True)
+    assert_close("out", out[:, :192], lowp[0], hi[0], rtol=1e-2)
+    assert_close("last", last[:, :192], lowp[1], hi[1], rtol=1e-3)
+    assert not torch.isnan(out).any() and not torch.isnan(last).any()
+
+
+@pytest.mark.parametrize("shape,width", [((2, 1536, 2048), 4), ((2, 1536, 2048), 2), ((1, 1536, 16384), 4), ((2, 1536, 2048), 7)])
+def test_conv_fwd_bwd(shape, width):
+    batch, dim, seqlen = shape
+    tensors = dict(x=torch.randn(shape, device="cuda", dtype=torch.bfloat16), weight=torch.randn(dim, width, device="cuda") / width,
+                   bias=torch.randn(dim, device="cuda"), initial_state=torch.randn(batch, dim, width - 1, device="cuda", dtype=torch.bfloat16))
+    dout, dfinal = torch.randn_like(tensors["x"]), torch.randn_like(tensors["initial_state"])
+
+    def run(fn, upcast):
+        leaves = {k: (v.float() if upcast else v).clone().requires_grad_() for k, v in tensors.items()}
+        out, final = fn(**leaves, activation="silu", return_final_state=True)
+        loss = (out.float() * dout.float()).sum() + (final.float() * dfinal.float()).sum()
+        return [out, final, *torch.autograd.grad(loss, list(leaves.values()))]
+
+    for i, (f, lo, h) in enumerate(zip(run(conv.causal_conv1d, False), run(conv_ref.causal_conv1d, False), run(conv_ref.causal_conv1d, True))):
+        assert_close(f"tensor {i}", f, lo, h, rtol=max(torch.finfo(lo.dtype).eps, 1e-3))
+
+
+@pytest.mark.parametrize("norm", ["rms_norm", "layer_norm"])
+def test_add_norm_fwd_bwd(norm):
+    x = torch.randn(4, 2048, 1536, device="cuda", dtype=torch.bfloat16)
+    res = torch.randn_like(x, dtype=torch.float32)
+    w, b = 1 + 0.1 * torch.randn(1536, device="cuda"), torch.randn(1536, device="cuda")
+    dout, dres = torch.randn_like(x), torch.randn_like(res)
+
+    def run(mod, upcast):
+        leaves = [(t.float() if upcast else t).clone().requires_grad_() for t in (x, w, b, res)]
+        out, r = getattr(mod, norm)(*leaves, eps=1e-5, prenorm=True, residual_in_fp32=True)
+        return [out, r, *torch.autograd.grad((out.float() * dout.float()).sum() + (r * dres).sum(), leaves)]
+
+    for i, (f, lo, h) in enumerate(zip(run(fused, False), run(norm_ref, False), run(norm_ref, True))):
+        assert_close(f"tensor {i}", f, lo, h, rtol=max(torch.finfo(lo.dtype).eps, 1e-3))
+
+
+def test_torch_compile_inductor_fullgraph():
+    batch, dim, seqlen, dstate = 2, 256, 512, 16
+    x = torch.randn(batch, seqlen, dim, device="cuda", requires_grad=True)
+    conv_w = torch.randn(dim, 4, device="cuda", requires_grad=True)
+    A = -torch.rand(dim, dstate, device="cuda", requires_grad=True)
+    delta, z = torch.randn(batch, dim, seqlen, device="cuda"), torch.randn(batch, dim, seqlen, device="cuda")
+    B, C = torch.randn(batch, dstate, seqlen, device="cuda"), torch.randn(batch, dstate, seqlen, device="cuda")
+    norm_w = torch.ones(dim, device="cuda", requires_grad=True)
+
+    def block(x, conv_w, norm_w, A):
+        h, r = fused.rms_norm(x, norm_w, None, None, eps=1e-5, prenorm=True, residual_in_fp32=True)
+        u = conv.causal_conv1d(h.transpose(1, 2).contiguous(), conv_w, None, activation="silu")
+        y = scan.selective_scan(u, delta, A, B, C, None, z, None, delta_softplus=True)
+        return (y.float() ** 2).mean() + (r**2).mean()
+
+    params = (x, conv_w, norm_w, A)
+    eager = block(*params)
+    eager_grads = torch.autograd.grad(eager, params)
+    compiled = torch.compile(block, fullgraph=True)(*params)
+    compiled_grads = torch.autograd.grad(compiled, params)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
