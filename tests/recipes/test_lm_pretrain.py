@@ -44,3 +44,15 @@ def test_config_errors_name_the_key(tmp_path):
         lm_pretrain.main(["--config", "tiny", f"run_dir={tmp_path}", "model.d_modl=8"])
     with pytest.raises(ValueError, match="not a named text dataset"):
         lm_pretrain.main(["--config", "tiny", f"run_dir={tmp_path}", "data.corpus=nope"])
+
+
+def test_validation_interval_longer_than_an_epoch(tmp_path, data_dir):
+    # 3,000 characters give ~8 training batches per epoch; validation every 10 steps must still happen.
+    text = (data_dir / "text" / "tinyshakespeare.txt").read_text()[:3000]
+    (tmp_path / "small.txt").write_text(text)
+    metrics = lm_pretrain.main([
+        "--config", "tiny", f"run_dir={tmp_path / 'run'}", f"data.files=[{tmp_path / 'small.txt'}]",
+        "trainer.max_steps=12", "trainer.val_check_interval=10", "trainer.limit_val_batches=1",
+    ])  # fmt: skip
+    assert metrics["steps"] == 12 and "val/bits_per_char" in metrics
+    assert "val/loss" in (tmp_path / "run" / "metrics.csv").read_text()
