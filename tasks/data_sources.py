@@ -120,6 +120,7 @@ def _download(dataset: NamedDataset) -> Path:
                 raise DatasetNotFoundError(f"{dataset.url} unpacked, but holds no {dataset.filename!r}")
         else:
             found = target_dir / dataset.filename
+            found.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(part, found)
     if dataset.verify is not None:
         try:

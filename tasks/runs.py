@@ -253,7 +253,8 @@ def build_trainer(
     ]  # fmt: skip
     if trainer_cfg.enable_progress_bar:
         callbacks.append(RichProgressBar())
-    kwargs = {k: v for k, v in vars(trainer_cfg).items() if v is not None}
+    # None is meaningful to Lightning here (e.g. check_val_every_n_epoch=None validates across epoch boundaries).
+    kwargs = dict(vars(trainer_cfg))
     kwargs["strategy"] = build_strategy(trainer_cfg.strategy)
     return pl.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks, **kwargs)
 
