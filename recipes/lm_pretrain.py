@@ -255,10 +255,6 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("model: %.2fM parameters, vocab %d; run dir %s", n_params / 1e6, tokenizer.vocab_size, run_dir)
     callbacks = [TimeBudget(cfg.time_budget_minutes)] if cfg.time_budget_minutes else []
     trainer = build_trainer(cfg.trainer, run_dir, monitor="val/loss", mode="min", extra_callbacks=callbacks)
-    if isinstance(cfg.trainer.val_check_interval, int):
-        # Random training windows have no natural epoch (tinyshakespeare gives ~20 batches of 64 x 256), so an
-        # integer interval counts steps across epochs; build_trainer drops None-valued options, hence set here.
-        trainer.check_val_every_n_epoch = None
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
     train_s = time.perf_counter() - start
