@@ -145,7 +145,8 @@ class TimeBudget(pl.Callback):
             self.probe_start = now
         elif step == self.probe[1] and self.probe_start:
             per_step = (now - self.probe_start) / (self.probe[1] - self.probe[0])
-            steps = min(trainer.max_steps, step + max(0, int((0.8 * self.budget_s - (now - self.fit_start)) / per_step)))
+            remaining = 0.8 * self.budget_s - (now - self.fit_start)
+            steps = min(trainer.max_steps, step + max(0, int(remaining / per_step)))
             trainer.fit_loop.epoch_loop.max_steps = pl_module.total_steps = steps
             log.info("time budget %.1f min: %.2f s/step -> max_steps=%d", self.budget_s / 60, per_step, steps)
         if now - self.fit_start > self.budget_s:

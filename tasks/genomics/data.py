@@ -326,3 +326,13 @@ class SpeciesDataModule(_ClassificationLoaders):
         self.splits = {"train": _Balanced(parts["train"])}
         # Evaluation keeps every tiled window (classes may be unequal; the metrics are class-aware).
         self.splits.update({s: torch.utils.data.ConcatDataset(parts[s]) for s in ("val", "test")})
+
+
+def materialize(dataset: Dataset, limit: int | None = None) -> tuple[list[np.ndarray], list[int]]:
+    """`(sequences as uint8 arrays, labels)` of a classification dataset's first `limit` items (for baselines)."""
+    if isinstance(dataset, LabeledSequences):
+        n = len(dataset) if limit is None else min(limit, len(dataset))
+        return dataset.sequences[:n], dataset.labels[:n]
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    items = [dataset[i] for i in range(n)]
+    return [ids.numpy().astype(np.uint8) for ids, _ in items], [int(label) for _, label in items]
