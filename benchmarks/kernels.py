@@ -244,11 +244,9 @@ def sweep_scan(shape=(8, 1536, 2048, 16)):
     leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
     dout = torch.randn_like(inputs["u"])
     best = {}
-    for block_l in (32, 64):
-        for kind, candidates in (
-            ("fwd", [(4, 4), (8, 4), (8, 8), (16, 8), (4, 2)]),
-            ("bwd", [(4, 4), (8, 8), (4, 8), (16, 8), (2, 4)]),
-        ):
+    for block_l in (8, 16, 32):
+        candidates = [(32, 4), (32, 8), (64, 8), (16, 4), (16, 2)]
+        for kind in ("fwd", "bwd"):
             for block_d, warps in candidates:
                 scan.CONFIGS[kind][dstate] = dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
                 scan.CONFIGS["bwd"][dstate]["BLOCK_L"] = block_l
@@ -258,9 +256,8 @@ def sweep_scan(shape=(8, 1536, 2048, 16)):
                             us = bench(lambda: scan.selective_scan(**inputs, delta_softplus=True), rep=50)
                     else:
                         out = scan.selective_scan(**leaves, delta_softplus=True)
-                        saved = out.grad_fn
                         us = bench(lambda: torch.autograd.grad(out, list(leaves.values()), dout, retain_graph=True), rep=50)
-                        del saved
+                        del out
                 except Exception as err:  # a shape that does not compile (registers, shared memory) is skipped
                     print(f"sweep {kind} BL={block_l} BD={block_d} w={warps}: failed {type(err).__name__}", flush=True)
                     continue
@@ -269,18 +266,43 @@ def sweep_scan(shape=(8, 1536, 2048, 16)):
                 if (kind, block_l) not in best or us < best[(kind, block_l)][0]:
                     best[(kind, block_l)] = (us, cfg)
                 ROWS.append(dict(op=f"sweep scan {kind}", shape=list(shape), impl="triton", us=round(us, 1), note=str(cfg)))
-    totals = {bl: best[("fwd", bl)][0] + best[("bwd", bl)][0] for bl in (32, 64) if ("fwd", bl) in best and ("bwd", bl) in best}
+            if (kind, block_l) in best:  # the backward is timed with the best forward of its BLOCK_L
+                scan.CONFIGS[kind][dstate] = best[(kind, block_l)][1]
+    totals = {bl: best[("fwd", bl)][0] + best[("bwd", bl)][0] for bl in (8, 16, 32) if ("fwd", bl) in best and ("bwd", bl) in best}
     block_l = min(totals, key=totals.get)
     scan.CONFIGS["fwd"][dstate] = best[("fwd", block_l)][1]
     scan.CONFIGS["bwd"][dstate] = best[("bwd", block_l)][1]
     print(f"sweep best: fwd {scan.CONFIGS['fwd'][dstate]} bwd {scan.CONFIGS['bwd'][dstate]}", flush=True)
 
 
+def sweep_conv(shape=(8, 1536, 2048), width=4):
+    """Time a few tile shapes of the conv forward and backward; keep the fastest in conv.CONFIGS for this run."""
+    x = torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(shape[1], width, device="cuda") / width).requires_grad_()
+    b = torch.randn(shape[1], device="cuda", requires_grad=True)
+    dout = torch.randn_like(x)
+    for kind in ("fwd", "bwd"):
+        results = []
+        for block_d, block_l, warps in [(16, 128, 4), (8, 256, 4), (32, 64, 4), (4, 512, 4), (16, 256, 8), (64, 64, 8)]:
+            conv.CONFIGS[kind] = dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+            if kind == "fwd":
+                with torch.no_grad():
+                    us = bench(lambda: conv.causal_conv1d(x, w, b, activation="silu"), rep=50)
+            else:
+                out = conv.causal_conv1d(x, w, b, activation="silu")
+                us = bench(lambda: torch.autograd.grad(out, (x, w, b), dout, retain_graph=True), rep=50)
+            print(f"sweep conv {kind} BLOCK_D={block_d} BLOCK_L={block_l} warps={warps}: {us:.1f} us", flush=True)
+            results.append((us, dict(conv.CONFIGS[kind])))
+            ROWS.append(dict(op=f"sweep conv {kind}", shape=list(shape), impl="triton", us=round(us, 1), note=str(conv.CONFIGS[kind])))
+        conv.CONFIGS[kind] = min(results, key=lambda r: r[0])[1]
+    print(f"sweep best: conv {conv.CONFIGS}", flush=True)
+
+
 def write_results(args):
     gpu = torch.cuda.get_device_name()
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
     meta = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-                date=time.strftime("%Y-%m-%d %H:%M:%S"), scan_configs=scan.CONFIGS)
+                date=time.strftime("%Y-%m-%d %H:%M:%S"), scan_configs=scan.CONFIGS, conv_configs=conv.CONFIGS)
     results = dict(meta=meta, rows=ROWS)
     lines = [f"# Kernel benchmarks on {gpu}", "",
              f"torch {torch.__version__}, triton {triton.__version__}; `python benchmarks/kernels.py`; "
@@ -313,6 +335,7 @@ def main(argv=None):
     torch.manual_seed(0)
     if args.sweep:
         sweep_scan()
+        sweep_conv()
     refs = not args.quick
     bench_scan((8, 1536, 2048, 16), check_grads=True, references=refs)
     bench_scan((4, 5120, 2048, 16), check_channels=512)

@@ -132,9 +132,9 @@ def _causal_conv1d_bwd_kernel(
     if HAS_INITIAL_STATE:
         dinit_rows = dinit_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1) + (WIDTH - 1)
         tl.store(dinit_rows + t[None, :], dx, mask=mask_d[:, None] & (t < 0)[None, :])
-    tl.atomic_add(dw_ptr + offs_d64[:, None] * WIDTH + offs_w[None, :], dw, mask=mask_d[:, None] & (offs_w < WIDTH)[None, :])
+    tl.atomic_add(dw_ptr + offs_d64[:, None] * WIDTH + offs_w[None, :], dw, mask=mask_d[:, None] & (offs_w < WIDTH)[None, :], sem="relaxed")
     if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + offs_d, dbias, mask=mask_d)
+        tl.atomic_add(dbias_ptr + offs_d, dbias, mask=mask_d, sem="relaxed")
 
 
 def _final_state(x: torch.Tensor, initial_state: torch.Tensor | None, width: int) -> torch.Tensor:

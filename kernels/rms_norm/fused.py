@@ -73,34 +73,54 @@ def _add_norm_bwd_kernel(
     dw = tl.zeros([BLOCK_N], dtype=tl.float32)
     db = tl.zeros([BLOCK_N], dtype=tl.float32)
     row_start = pid * rows_per_program
-    for i in range(0, rows_per_program):
-        row = row_start + i
-        if row < rows:
-            row64 = row.to(tl.int64)
-            r = tl.load(x_ptr + row64 * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-            if HAS_RESIDUAL:
-                r += tl.load(res_ptr + row64 * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
-            rstd = tl.load(rstd_ptr + row64)
-            if IS_RMS_NORM:
-                xhat = r * rstd
-            else:
-                xhat = tl.where(mask, (r - tl.load(mean_ptr + row64)) * rstd, 0.0)
-            dy = tl.load(dout_ptr + row64 * stride_dout + cols, mask=mask, other=0.0).to(tl.float32)
-            dw += dy * xhat
-            if HAS_BIAS:
-                db += dy
-            wdy = w * dy
-            c1 = tl.sum(xhat * wdy, axis=0) / hidden
-            if IS_RMS_NORM:
-                dr = (wdy - xhat * c1) * rstd
-            else:
-                c2 = tl.sum(wdy, axis=0) / hidden
-                dr = (wdy - xhat * c1 - c2) * rstd
-            if HAS_DRES_OUT:
-                dr += tl.load(dres_out_ptr + row64 * stride_dres_out + cols, mask=mask, other=0.0).to(tl.float32)
-            tl.store(dx_ptr + row64 * hidden + cols, dr.to(dx_ptr.dtype.element_ty), mask=mask)
-            if HAS_RESIDUAL:
-                tl.store(dres_ptr + row64 * hidden + cols, dr.to(dres_ptr.dtype.element_ty), mask=mask)
+    row_end = tl.minimum(row_start + rows_per_program, rows)
+    first = row_start.to(tl.int64)
+    # Pointers advance by one row per iteration (64-bit pointer arithmetic, no int32 row * stride products).
+    x_row = x_ptr + first * stride_x
+    dout_row = dout_ptr + first * stride_dout
+    dx_row = dx_ptr + first * hidden
+    if HAS_RESIDUAL:
+        res_row = res_ptr + first * stride_res
+        dres_row = dres_ptr + first * hidden
+    if HAS_DRES_OUT:
+        dres_out_row = dres_out_ptr + first * stride_dres_out
+    mean_row = mean_ptr + first
+    rstd_row = rstd_ptr + first
+    for _ in range(row_start, row_end):
+        r = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_RESIDUAL:
+            r += tl.load(res_row + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_row)
+        if IS_RMS_NORM:
+            xhat = r * rstd
+        else:
+            xhat = tl.where(mask, (r - tl.load(mean_row)) * rstd, 0.0)
+        dy = tl.load(dout_row + cols, mask=mask, other=0.0).to(tl.float32)
+        dw += dy * xhat
+        if HAS_BIAS:
+            db += dy
+        wdy = w * dy
+        c1 = tl.sum(xhat * wdy, axis=0) / hidden
+        if IS_RMS_NORM:
+            dr = (wdy - xhat * c1) * rstd
+        else:
+            c2 = tl.sum(wdy, axis=0) / hidden
+            dr = (wdy - xhat * c1 - c2) * rstd
+        if HAS_DRES_OUT:
+            dr += tl.load(dres_out_row + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dx_row + cols, dr.to(dx_ptr.dtype.element_ty), mask=mask)
+        if HAS_RESIDUAL:
+            tl.store(dres_row + cols, dr.to(dres_ptr.dtype.element_ty), mask=mask)
+        x_row += stride_x
+        dout_row += stride_dout
+        dx_row += hidden
+        if HAS_RESIDUAL:
+            res_row += stride_res
+            dres_row += hidden
+        if HAS_DRES_OUT:
+            dres_out_row += stride_dres_out
+        mean_row += 1
+        rstd_row += 1
     tl.store(dw_ptr + pid * hidden + cols, dw, mask=mask)
     if HAS_BIAS:
         tl.store(db_ptr + pid * hidden + cols, db, mask=mask)

@@ -46,8 +46,8 @@ _LOG2E = 1.4426950408889634
 # Block shapes, chosen per dstate on an H100 (see kernels/NOTES.md). BLOCK_L is also the interval at which the forward
 # saves states for the backward, so the forward and the backward share it.
 CONFIGS: dict[str, dict[int, dict[str, int]]] = {
-    "fwd": {16: dict(BLOCK_D=8, BLOCK_L=32, num_warps=4), 64: dict(BLOCK_D=4, BLOCK_L=32, num_warps=8)},
-    "bwd": {16: dict(BLOCK_D=8, BLOCK_L=32, num_warps=8), 64: dict(BLOCK_D=2, BLOCK_L=32, num_warps=8)},
+    "fwd": {16: dict(BLOCK_D=32, BLOCK_L=16, num_warps=4), 64: dict(BLOCK_D=32, BLOCK_L=8, num_warps=8)},
+    "bwd": {16: dict(BLOCK_D=32, BLOCK_L=16, num_warps=4), 64: dict(BLOCK_D=32, BLOCK_L=8, num_warps=8)},
 }
 
 
@@ -81,6 +81,9 @@ def _selective_scan_fwd_kernel(
     DELTA_SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
+    # Tiles are time-major, [BLOCK_L, BLOCK_N, BLOCK_D]: the channels are the fastest axis, so threads spread over
+    # channels and states and each thread holds all BLOCK_L steps of its (state, channel) pairs; the scan over time
+    # is then a loop inside each thread, with no exchange between threads.
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
@@ -88,65 +91,65 @@ def _selective_scan_fwd_kernel(
     offs_l = tl.arange(0, BLOCK_L)  # [BLOCK_L]
     mask_d = offs_d < dim
     mask_n = offs_n < dstate
-    mask_dn = mask_d[:, None] & mask_n[None, :]  # [BLOCK_D, BLOCK_N]
+    mask_nd = mask_n[:, None] & mask_d[None, :]  # [BLOCK_N, BLOCK_D]
     offs_d64 = offs_d.to(tl.int64)
     group = (pid_d * BLOCK_D) // channels_per_group  # every channel of a program is in one group
 
-    A2 = tl.load(A_ptr + offs_d64[:, None] * stride_A_d + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    A2 = A2 * 1.4426950408889634  # [BLOCK_D, BLOCK_N]
+    A2 = tl.load(A_ptr + offs_d64[None, :] * stride_A_d + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32)
+    A2 = A2 * 1.4426950408889634  # [BLOCK_N, BLOCK_D], A * log2(e)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_DELTA_BIAS:
         bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
 
-    u_rows = u_ptr + pid_b * stride_u_b + offs_d64[:, None] * stride_u_d  # [BLOCK_D, 1]
-    delta_rows = delta_ptr + pid_b * stride_delta_b + offs_d64[:, None] * stride_delta_d
-    out_rows = out_ptr + pid_b * dim * seqlen + offs_d64[:, None] * seqlen
+    u_cols = u_ptr + pid_b * stride_u_b + offs_d64[None, :] * stride_u_d  # [1, BLOCK_D]
+    delta_cols = delta_ptr + pid_b * stride_delta_b + offs_d64[None, :] * stride_delta_d
+    out_cols = out_ptr + pid_b * dim * seqlen + offs_d64[None, :] * seqlen
     if HAS_Z:
-        z_rows = z_ptr + pid_b * stride_z_b + offs_d64[:, None] * stride_z_d
-    B_rows = B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n[:, None] * stride_B_n  # [BLOCK_N, 1]
-    C_rows = C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n[:, None] * stride_C_n
-    state_offs = (pid_b * dim + offs_d64[:, None]) * dstate + offs_n[None, :]  # [BLOCK_D, BLOCK_N]
+        z_cols = z_ptr + pid_b * stride_z_b + offs_d64[None, :] * stride_z_d
+    B_cols = B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n[None, :] * stride_B_n  # [1, BLOCK_N]
+    C_cols = C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n[None, :] * stride_C_n
+    state_offs = (pid_b * dim + offs_d64[None, :]) * dstate + offs_n[:, None]  # [BLOCK_N, BLOCK_D]
 
     if HAS_INITIAL_STATE:
-        init_ptrs = init_ptr + pid_b * stride_init_b + offs_d64[:, None] * stride_init_d + offs_n[None, :]
-        h = tl.load(init_ptrs, mask=mask_dn, other=0.0).to(tl.float32)
+        init_ptrs = init_ptr + pid_b * stride_init_b + offs_d64[None, :] * stride_init_d + offs_n[:, None]
+        h = tl.load(init_ptrs, mask=mask_nd, other=0.0).to(tl.float32)
     else:
-        h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
     for chunk in range(0, n_chunks):
         if SAVE_STATES:
-            chunk_offs = ((pid_b * dim + offs_d64[:, None]) * n_chunks + chunk) * dstate + offs_n[None, :]
-            tl.store(states_ptr + chunk_offs, h, mask=mask_dn)
+            chunk_offs = ((pid_b * dim + offs_d64[None, :]) * n_chunks + chunk) * dstate + offs_n[:, None]
+            tl.store(states_ptr + chunk_offs, h, mask=mask_nd)
         t = chunk * BLOCK_L + offs_l  # [BLOCK_L]
         mask_t = t < seqlen
-        mask_dt = mask_d[:, None] & mask_t[None, :]  # [BLOCK_D, BLOCK_L]
-        mask_nt = mask_n[:, None] & mask_t[None, :]  # [BLOCK_N, BLOCK_L]
-        u = tl.load(u_rows + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
-        dt = tl.load(delta_rows + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+        mask_td = mask_t[:, None] & mask_d[None, :]  # [BLOCK_L, BLOCK_D]
+        mask_tn = mask_t[:, None] & mask_n[None, :]  # [BLOCK_L, BLOCK_N]
+        u = tl.load(u_cols + t[:, None], mask=mask_td, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_D]
+        dt = tl.load(delta_cols + t[:, None], mask=mask_td, other=0.0).to(tl.float32)
         if HAS_DELTA_BIAS:
-            dt += bias[:, None]
+            dt += bias[None, :]
         if DELTA_SOFTPLUS:
             dt = _softplus(dt)
-        dt = tl.where(mask_dt, dt, 0.0)  # padding steps: decay 1, input 0
-        Bt = tl.load(B_rows + t[None, :], mask=mask_nt, other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_L]
-        Ct = tl.load(C_rows + t[None, :], mask=mask_nt, other=0.0).to(tl.float32)
+        dt = tl.where(mask_td, dt, 0.0)  # padding steps: decay 1, input 0
+        Bt = tl.load(B_cols + t[:, None], mask=mask_tn, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_N]
+        Ct = tl.load(C_cols + t[:, None], mask=mask_tn, other=0.0).to(tl.float32)
 
-        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])  # [BLOCK_D, BLOCK_N, BLOCK_L]
-        inp = (dt * u)[:, None, :] * Bt[None, :, :]  # [BLOCK_D, BLOCK_N, BLOCK_L]
-        run_decay, run_inp = tl.associative_scan((decay, inp), axis=2, combine_fn=_scan_combine)
-        hs = run_inp + run_decay * h[:, :, None]  # [BLOCK_D, BLOCK_N, BLOCK_L]
-        y = tl.sum(hs * Ct[None, :, :], axis=1)  # [BLOCK_D, BLOCK_L]
-        h = tl.sum(tl.where(offs_l[None, None, :] == BLOCK_L - 1, hs, 0.0), axis=2)  # [BLOCK_D, BLOCK_N]
+        decay = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [BLOCK_L, BLOCK_N, BLOCK_D]
+        inp = (dt * u)[:, None, :] * Bt[:, :, None]  # [BLOCK_L, BLOCK_N, BLOCK_D]
+        run_decay, run_inp = tl.associative_scan((decay, inp), axis=0, combine_fn=_scan_combine)
+        hs = run_inp + run_decay * h[None, :, :]  # [BLOCK_L, BLOCK_N, BLOCK_D]
+        y = tl.sum(hs * Ct[:, :, None], axis=1)  # [BLOCK_L, BLOCK_D]
+        h = tl.sum(tl.where(offs_l[:, None, None] == BLOCK_L - 1, hs, 0.0), axis=0)  # [BLOCK_N, BLOCK_D]
 
         if HAS_D:
-            y += Dv[:, None] * u
+            y += Dv[None, :] * u
         if HAS_Z:
-            zt = tl.load(z_rows + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+            zt = tl.load(z_cols + t[:, None], mask=mask_td, other=0.0).to(tl.float32)
             y *= zt * tl.sigmoid(zt)
-        tl.store(out_rows + t[None, :], y.to(out_ptr.dtype.element_ty), mask=mask_dt)
+        tl.store(out_cols + t[:, None], y.to(out_ptr.dtype.element_ty), mask=mask_td)
 
-    tl.store(last_state_ptr + state_offs, h, mask=mask_dn)
+    tl.store(last_state_ptr + state_offs, h, mask=mask_nd)
 
 
 @triton.jit
@@ -161,6 +164,7 @@ def _selective_scan_bwd_kernel(
     HAS_INITIAL_STATE: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
+    # Same time-major tiles as the forward: [BLOCK_L, BLOCK_N, BLOCK_D].
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
@@ -168,33 +172,33 @@ def _selective_scan_bwd_kernel(
     offs_l = tl.arange(0, BLOCK_L)  # [BLOCK_L]
     mask_d = offs_d < dim
     mask_n = offs_n < dstate
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    mask_nd = mask_n[:, None] & mask_d[None, :]  # [BLOCK_N, BLOCK_D]
     offs_d64 = offs_d.to(tl.int64)
     group = (pid_d * BLOCK_D) // channels_per_group
 
-    A = tl.load(A_ptr + offs_d64[:, None] * stride_A_d + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634  # [BLOCK_D, BLOCK_N]
+    A = tl.load(A_ptr + offs_d64[None, :] * stride_A_d + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634  # [BLOCK_N, BLOCK_D]
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_DELTA_BIAS:
         bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
 
-    u_rows = u_ptr + pid_b * stride_u_b + offs_d64[:, None] * stride_u_d  # [BLOCK_D, 1]
-    delta_rows = delta_ptr + pid_b * stride_delta_b + offs_d64[:, None] * stride_delta_d
-    dout_rows = dout_ptr + pid_b * stride_dout_b + offs_d64[:, None] * stride_dout_d
-    grad_rows = pid_b * dim * seqlen + offs_d64[:, None] * seqlen  # du/ddelta/dz are contiguous
+    u_cols = u_ptr + pid_b * stride_u_b + offs_d64[None, :] * stride_u_d  # [1, BLOCK_D]
+    delta_cols = delta_ptr + pid_b * stride_delta_b + offs_d64[None, :] * stride_delta_d
+    dout_cols = dout_ptr + pid_b * stride_dout_b + offs_d64[None, :] * stride_dout_d
+    grad_cols = pid_b * dim * seqlen + offs_d64[None, :] * seqlen  # du/ddelta/dz are contiguous
     if HAS_Z:
-        z_rows = z_ptr + pid_b * stride_z_b + offs_d64[:, None] * stride_z_d
-    B_rows = B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n[:, None] * stride_B_n  # [BLOCK_N, 1]
-    C_rows = C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n[:, None] * stride_C_n
-    dBC_rows = ((pid_b * groups + group) * dstate + offs_n[:, None]) * seqlen  # fp32 (batch, groups, dstate, seqlen)
-    state_offs = (pid_b * dim + offs_d64[:, None]) * dstate + offs_n[None, :]  # [BLOCK_D, BLOCK_N]
+        z_cols = z_ptr + pid_b * stride_z_b + offs_d64[None, :] * stride_z_d
+    B_cols = B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n[None, :] * stride_B_n  # [1, BLOCK_N]
+    C_cols = C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n[None, :] * stride_C_n
+    dBC_cols = ((pid_b * groups + group) * dstate + offs_n[None, :]) * seqlen  # fp32 (batch, groups, dstate, seqlen)
+    state_offs = (pid_b * dim + offs_d64[None, :]) * dstate + offs_n[:, None]  # [BLOCK_N, BLOCK_D]
 
     if HAS_DLAST:
-        g_next = tl.load(dlast_ptr + state_offs, mask=mask_dn, other=0.0).to(tl.float32)  # dL/dh[chunk end + 1]
+        g_next = tl.load(dlast_ptr + state_offs, mask=mask_nd, other=0.0).to(tl.float32)  # dL/dh[chunk end + 1]
     else:
-        g_next = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        g_next = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
 
@@ -202,92 +206,91 @@ def _selective_scan_bwd_kernel(
         chunk = n_chunks - 1 - i
         t = chunk * BLOCK_L + offs_l  # [BLOCK_L]
         mask_t = t < seqlen
-        mask_t1 = (t + 1) < seqlen
-        mask_dt = mask_d[:, None] & mask_t[None, :]  # [BLOCK_D, BLOCK_L]
-        mask_dt1 = mask_d[:, None] & mask_t1[None, :]
-        mask_nt = mask_n[:, None] & mask_t[None, :]  # [BLOCK_N, BLOCK_L]
+        mask_td = mask_t[:, None] & mask_d[None, :]  # [BLOCK_L, BLOCK_D]
+        mask_td1 = ((t + 1) < seqlen)[:, None] & mask_d[None, :]
+        mask_tn = mask_t[:, None] & mask_n[None, :]  # [BLOCK_L, BLOCK_N]
 
-        u = tl.load(u_rows + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
-        dt_raw = tl.load(delta_rows + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
-        dt_next = tl.load(delta_rows + t[None, :] + 1, mask=mask_dt1, other=0.0).to(tl.float32)
+        u = tl.load(u_cols + t[:, None], mask=mask_td, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_D]
+        dt_raw = tl.load(delta_cols + t[:, None], mask=mask_td, other=0.0).to(tl.float32)
+        dt_next = tl.load(delta_cols + t[:, None] + 1, mask=mask_td1, other=0.0).to(tl.float32)
         if HAS_DELTA_BIAS:
-            dt_raw += bias[:, None]
-            dt_next += bias[:, None]
+            dt_raw += bias[None, :]
+            dt_next += bias[None, :]
         if DELTA_SOFTPLUS:
             dt = _softplus(dt_raw)
             dt_next = _softplus(dt_next)
         else:
             dt = dt_raw
-        dt = tl.where(mask_dt, dt, 0.0)
-        dt_next = tl.where(mask_dt1, dt_next, 0.0)
-        Bt = tl.load(B_rows + t[None, :], mask=mask_nt, other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_L]
-        Ct = tl.load(C_rows + t[None, :], mask=mask_nt, other=0.0).to(tl.float32)
-        dout = tl.load(dout_rows + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+        dt = tl.where(mask_td, dt, 0.0)
+        dt_next = tl.where(mask_td1, dt_next, 0.0)
+        Bt = tl.load(B_cols + t[:, None], mask=mask_tn, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_N]
+        Ct = tl.load(C_cols + t[:, None], mask=mask_tn, other=0.0).to(tl.float32)
+        dout = tl.load(dout_cols + t[:, None], mask=mask_td, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_D]
 
         # Recompute the chunk's forward states from the saved chunk-start state.
-        chunk_offs = ((pid_b * dim + offs_d64[:, None]) * n_chunks + chunk) * dstate + offs_n[None, :]
-        h0 = tl.load(states_ptr + chunk_offs, mask=mask_dn, other=0.0)  # [BLOCK_D, BLOCK_N]
-        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])  # [BLOCK_D, BLOCK_N, BLOCK_L]
-        dtu = dt * u  # [BLOCK_D, BLOCK_L]
-        inp = dtu[:, None, :] * Bt[None, :, :]  # [BLOCK_D, BLOCK_N, BLOCK_L]
-        run_decay, run_inp = tl.associative_scan((decay, inp), axis=2, combine_fn=_scan_combine)
-        hs = run_inp + run_decay * h0[:, :, None]  # [BLOCK_D, BLOCK_N, BLOCK_L]
+        chunk_offs = ((pid_b * dim + offs_d64[None, :]) * n_chunks + chunk) * dstate + offs_n[:, None]
+        h0 = tl.load(states_ptr + chunk_offs, mask=mask_nd, other=0.0)  # [BLOCK_N, BLOCK_D]
+        decay = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [BLOCK_L, BLOCK_N, BLOCK_D]
+        dtu = dt * u  # [BLOCK_L, BLOCK_D]
+        inp = dtu[:, None, :] * Bt[:, :, None]  # [BLOCK_L, BLOCK_N, BLOCK_D]
+        run_decay, run_inp = tl.associative_scan((decay, inp), axis=0, combine_fn=_scan_combine)
+        hs = run_inp + run_decay * h0[None, :, :]  # [BLOCK_L, BLOCK_N, BLOCK_D]
 
         dy = dout
         if HAS_Z:
-            zt = tl.load(z_rows + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
-            y = tl.sum(hs * Ct[None, :, :], axis=1)  # [BLOCK_D, BLOCK_L]
+            zt = tl.load(z_cols + t[:, None], mask=mask_td, other=0.0).to(tl.float32)
+            y = tl.sum(hs * Ct[:, :, None], axis=1)  # [BLOCK_L, BLOCK_D]
             if HAS_D:
-                y += Dv[:, None] * u
+                y += Dv[None, :] * u
             sig_z = tl.sigmoid(zt)
             dz = dout * y * sig_z * (1.0 + zt * (1.0 - sig_z))
-            tl.store(dz_ptr + grad_rows + t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask_dt)
+            tl.store(dz_ptr + grad_cols + t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
             dy = dout * zt * sig_z
         if HAS_D:
-            dD_acc += tl.sum(dy * u, axis=1)
+            dD_acc += tl.sum(dy * u, axis=0)
 
         # Adjoint: reverse scan over (a[t+1], C[t] * dy[t]), then the carry from the next chunk.
-        decay_next = tl.exp2(dt_next[:, None, :] * A2[:, :, None])  # [BLOCK_D, BLOCK_N, BLOCK_L]
-        x = dy[:, None, :] * Ct[None, :, :]  # [BLOCK_D, BLOCK_N, BLOCK_L]
+        decay_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])  # [BLOCK_L, BLOCK_N, BLOCK_D]
+        x = dy[:, None, :] * Ct[:, :, None]  # [BLOCK_L, BLOCK_N, BLOCK_D]
         run_decay_next, run_x = tl.associative_scan(
-            (decay_next, x), axis=2, combine_fn=_scan_combine, reverse=True
+            (decay_next, x), axis=0, combine_fn=_scan_combine, reverse=True
         )
-        g = run_x + run_decay_next * g_next[:, :, None]  # [BLOCK_D, BLOCK_N, BLOCK_L]
-        g_next = tl.sum(tl.where(offs_l[None, None, :] == 0, g, 0.0), axis=2)  # dL/dh at the chunk's start
+        g = run_x + run_decay_next * g_next[None, :, :]  # [BLOCK_L, BLOCK_N, BLOCK_D]
+        g_next = tl.sum(tl.where(offs_l[:, None, None] == 0, g, 0.0), axis=0)  # dL/dh at the chunk's start
 
-        gB = tl.sum(g * Bt[None, :, :], axis=1)  # [BLOCK_D, BLOCK_L]
+        gB = tl.sum(g * Bt[:, :, None], axis=1)  # [BLOCK_L, BLOCK_D]
         du = dt * gB
         if HAS_D:
-            du += Dv[:, None] * dy
-        tl.store(du_ptr + grad_rows + t[None, :], du.to(du_ptr.dtype.element_ty), mask=mask_dt)
-        g_ah = g * (hs - inp)  # g * a[t] * h[t-1], [BLOCK_D, BLOCK_N, BLOCK_L]
-        dA_acc += tl.sum(g_ah * dt[:, None, :], axis=2)
-        ddt = tl.sum(g_ah * A[:, :, None], axis=1) + u * gB  # [BLOCK_D, BLOCK_L]
+            du += Dv[None, :] * dy
+        tl.store(du_ptr + grad_cols + t[:, None], du.to(du_ptr.dtype.element_ty), mask=mask_td)
+        g_ah = g * (hs - inp)  # g * a[t] * h[t-1], [BLOCK_L, BLOCK_N, BLOCK_D]
+        dA_acc += tl.sum(g_ah * dt[:, None, :], axis=0)
+        ddt = tl.sum(g_ah * A[None, :, :], axis=1) + u * gB  # [BLOCK_L, BLOCK_D]
         if DELTA_SOFTPLUS:
             ddt = ddt * tl.sigmoid(dt_raw)
-        ddt = tl.where(mask_dt, ddt, 0.0)
-        dbias_acc += tl.sum(ddt, axis=1)
-        tl.store(ddelta_ptr + grad_rows + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_dt)
+        ddt = tl.where(mask_td, ddt, 0.0)
+        dbias_acc += tl.sum(ddt, axis=0)
+        tl.store(ddelta_ptr + grad_cols + t[:, None], ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_td)
 
-        dB = tl.sum(g * dtu[:, None, :], axis=0)  # [BLOCK_N, BLOCK_L]
-        dC = tl.sum(hs * dy[:, None, :], axis=0)  # [BLOCK_N, BLOCK_L]
-        tl.atomic_add(dB_ptr + dBC_rows + t[None, :], dB, mask=mask_nt)
-        tl.atomic_add(dC_ptr + dBC_rows + t[None, :], dC, mask=mask_nt)
+        dB = tl.sum(g * dtu[:, None, :], axis=2)  # [BLOCK_L, BLOCK_N]
+        dC = tl.sum(hs * dy[:, None, :], axis=2)  # [BLOCK_L, BLOCK_N]
+        tl.atomic_add(dB_ptr + dBC_cols + t[:, None], dB, mask=mask_tn, sem="relaxed")
+        tl.atomic_add(dC_ptr + dBC_cols + t[:, None], dC, mask=mask_tn, sem="relaxed")
 
-    tl.atomic_add(dA_ptr + offs_d64[:, None] * dstate + offs_n[None, :], dA_acc, mask=mask_dn)
+    tl.atomic_add(dA_ptr + offs_d64[None, :] * dstate + offs_n[:, None], dA_acc, mask=mask_nd, sem="relaxed")
     if HAS_D:
-        tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d)
+        tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d, sem="relaxed")
     if HAS_DELTA_BIAS:
-        tl.atomic_add(ddelta_bias_ptr + offs_d, dbias_acc, mask=mask_d)
+        tl.atomic_add(ddelta_bias_ptr + offs_d, dbias_acc, mask=mask_d, sem="relaxed")
     if HAS_INITIAL_STATE:
         # d h[-1] = a[0] * g[0]; g_next now holds g[0].
-        dt0 = tl.load(delta_rows, mask=mask_d[:, None], other=0.0).to(tl.float32)  # [BLOCK_D, 1]
+        dt0 = tl.load(delta_cols, mask=mask_d[None, :], other=0.0).to(tl.float32)  # [1, BLOCK_D]
         if HAS_DELTA_BIAS:
-            dt0 += bias[:, None]
+            dt0 += bias[None, :]
         if DELTA_SOFTPLUS:
             dt0 = _softplus(dt0)
-        dinit = tl.exp2(dt0 * A2) * g_next  # [BLOCK_D, BLOCK_N]
-        tl.store(dinit_ptr + state_offs, dinit, mask=mask_dn)
+        dinit = tl.exp2(dt0 * A2) * g_next  # [BLOCK_N, BLOCK_D]
+        tl.store(dinit_ptr + state_offs, dinit, mask=mask_nd)
 
 
 def _block_d(block_d: int, dim: int, groups: int) -> int:
