@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -37,15 +37,19 @@ from omegaconf import OmegaConf
 from backbone import MambaConfig
 from backbone.init import optimizer_groups
 from tasks.audio.data import AudioDataConfig, AudioDataModule, BadFiles, load_waveforms, records_from_pattern
-from tasks.audio.io import AudioFileError
 from tasks.audio.metrics import classification_report
-from tasks.audio.model import AudioClassifier, AudioLM, AudioModelConfig
+from tasks.audio.model import AudioClassifier, AudioModelConfig
 from tasks.audio.tokenizer import MuLawTokenizer
 from tasks.audio.transforms import place
 from tasks.runs import (
-    TrainerConfig, build_trainer, load_config, plot_confusion_matrix, prepare_run_dir, resolve_ckpt_path,
+    TrainerConfig,
+    build_trainer,
+    load_config,
+    plot_confusion_matrix,
+    prepare_run_dir,
+    resolve_ckpt_path,
     write_metrics_json,
-)  # fmt: skip
+)
 
 log = logging.getLogger("recipes.audio_classify")
 CONFIG_DIR = Path(__file__).parent / "configs" / "audio_classify"
@@ -83,6 +87,7 @@ class ClassifyConfig:
     init_from: str | None = None  # an AudioLM.save_pretrained directory (recipes.audio_pretrain writes one)
     run_dir: str | None = None
     ckpt_path: str | None = None  # "last" or a checkpoint path, to resume
+    max_time_s: float | None = None  # stop training after this many seconds (then evaluate), on top of max_steps
     seed: int = 0
 
 
@@ -141,6 +146,17 @@ def build_model(cfg: ClassifyConfig, num_classes: int) -> AudioClassifier:
                            expand=cfg.model.expand)  # fmt: skip
     encoder = AudioModelConfig(backbone, embed_dim=cfg.model.embed_dim, strides=list(cfg.model.strides))
     return AudioClassifier(encoder, num_classes, **head)
+
+
+def time_limit(seconds: float | None) -> list[pl.Callback]:
+    """A wall-clock budget for training; Lightning stops cleanly (checkpoints, then evaluation) when it runs out."""
+    if not seconds:
+        return []
+    from datetime import timedelta
+
+    from pytorch_lightning.callbacks import Timer
+
+    return [Timer(duration=timedelta(seconds=seconds), interval="step")]
 
 
 def build_data(cfg: ClassifyConfig) -> AudioDataModule:
@@ -212,14 +228,16 @@ def main(argv: list[str] | None = None) -> dict:
     data = build_data(cfg)
     data.setup("fit")
     model = build_model(cfg, len(data.labels))
-    if model.config.frame and cfg.data.num_samples % model.config.frame:
-        raise ValueError(f"data.num_samples={cfg.data.num_samples} must be a multiple of the frame {model.config.frame}")
-    from dataclasses import asdict
-
+    if cfg.data.num_samples % model.config.frame:
+        raise ValueError(
+            f"data.num_samples={cfg.data.num_samples} must be a multiple of the frame {model.config.frame}"
+        )
     (run_dir / "labels.json").write_text(json.dumps(data.labels) + "\n")
     (run_dir / "encoder_config.json").write_text(json.dumps(asdict(model.config), indent=2) + "\n")
     module = AudioClassifierModule(model, cfg.optim)
-    trainer = build_trainer(cfg.trainer, run_dir, monitor="val/acc", mode="max")
+    trainer = build_trainer(
+        cfg.trainer, run_dir, monitor="val/acc", mode="max", extra_callbacks=time_limit(cfg.max_time_s)
+    )
     trainer.fit(module, datamodule=data, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
     has_best = bool(trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path)
     trainer.test(module, datamodule=data, ckpt_path="best" if has_best else None)

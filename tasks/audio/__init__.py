@@ -1,6 +1,6 @@
 """Audio front-end: WAV files -> mono float waveforms -> 8-bit mu-law tokens -> Mamba -> next-sample or class logits.
 
-    from tasks.audio import AudioClassifier, AudioDataConfig, AudioDataModule, MuLawTokenizer, load_waveform
+from tasks.audio import AudioClassifier, AudioDataConfig, AudioDataModule, MuLawTokenizer, load_waveform
 """
 
 from tasks.audio.data import AudioDataConfig, AudioDataModule, AudioRecord, BadFiles, ManifestError

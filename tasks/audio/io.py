@@ -99,9 +99,7 @@ def normalize(waveform: torch.Tensor, mode: Normalization = "peak", eps: float =
     raise ValueError(f"normalization must be one of 'peak', 'minmax', 'none', got {mode!r}")
 
 
-def load_waveform(
-    path: str | os.PathLike, sample_rate: int, normalization: Normalization = "peak"
-) -> torch.Tensor:
+def load_waveform(path: str | os.PathLike, sample_rate: int, normalization: Normalization = "peak") -> torch.Tensor:
     """Read a file and condition it for the models: mono, resampled to `sample_rate`, normalized.
 
     Returns:

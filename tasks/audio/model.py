@@ -95,7 +95,9 @@ class AudioLM(nn.Module):
         """
         frame, levels = self.config.frame, self.config.levels
         if prompt.dim() != 2 or prompt.shape[1] < frame or prompt.shape[1] % frame:
-            raise ValueError(f"prompt must be [B, T0] with T0 a positive multiple of {frame}, got {tuple(prompt.shape)}")
+            raise ValueError(
+                f"prompt must be [B, T0] with T0 a positive multiple of {frame}, got {tuple(prompt.shape)}"
+            )
         backbone = self.encoder.backbone
         cache = backbone.allocate_cache(prompt.shape[0], device=prompt.device)
         hidden = backbone(self.encoder.front_end(prompt), cache)[:, -1]  # prefill: [B, D]
