@@ -60,6 +60,7 @@ class DataConfig:
     gue_task: str = "tf/0"  # a folder under GUE/: tf/0..tf/4, prom/prom_core_all, prom/prom_300_tata, ...
     gue_path: str | None = None  # the GUE folder (default: found under MAMBALAB_DATA)
     max_train_samples: int | None = None  # GUE: a seeded subset of the training rows (CPU budgets)
+    max_eval_samples: int | None = None  # GUE: a seeded subset of the dev and test rows (smoke tests)
     genomes: list[str] = field(default_factory=lambda: ["human_chr2_segment", "arabidopsis_1pct", "celegans_1pct",
                                                         "drosophila_1pct", "yeast_chr1"])  # fmt: skip
     seq_len: int = 256  # species windows
@@ -176,7 +177,8 @@ class DNAClassifyModule(pl.LightningModule):
 def build_data(cfg: DataConfig, seed: int) -> GUEDataModule | SpeciesDataModule:
     if cfg.task == "gue":
         return GUEDataModule(cfg.gue_task, path=cfg.gue_path, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                             max_train_samples=cfg.max_train_samples, seed=seed)  # fmt: skip
+                             max_train_samples=cfg.max_train_samples, max_eval_samples=cfg.max_eval_samples,
+                             seed=seed)  # fmt: skip
     return SpeciesDataModule(cfg.genomes, seq_len=cfg.seq_len, batch_size=cfg.batch_size, block_size=cfg.block_size,
                              train_samples=cfg.train_samples, max_eval_windows=cfg.max_eval_windows, seed=seed,
                              num_workers=cfg.num_workers)  # fmt: skip

@@ -233,9 +233,10 @@ class GUEDataModule(_ClassificationLoaders):
     """A GUE task folder (`train.csv`, `dev.csv`, `test.csv`, optionally gzipped), e.g. `task="tf/0"`."""
 
     def __init__(self, task: str, *, path: str | None = None, batch_size: int = 64, num_workers: int = 0,
-                 max_train_samples: int | None = None, seed: int = 0):  # fmt: skip
+                 max_train_samples: int | None = None, max_eval_samples: int | None = None,
+                 seed: int = 0):  # fmt: skip
         super().__init__()
-        self.task, self.path, self.seed = task, path, seed
+        self.task, self.path, self.seed, self.max_eval_samples = task, path, seed, max_eval_samples
         self.batch_size, self.num_workers, self.max_train_samples = batch_size, num_workers, max_train_samples
 
     def task_dir(self) -> Path:
@@ -256,6 +257,8 @@ class GUEDataModule(_ClassificationLoaders):
                 raise FileNotFoundError(f"GUE task {self.task!r}: no {stem}.csv(.gz) in {folder}")
             self.splits[split] = read_sequence_csv(files[0])
         self.splits["train"] = _subsample(self.splits["train"], self.max_train_samples, self.seed)
+        for split in ("val", "test"):
+            self.splits[split] = _subsample(self.splits[split], self.max_eval_samples, self.seed)
         self.num_classes = max(self.splits["train"].labels) + 1
         self.class_names = [str(i) for i in range(self.num_classes)]
         for split, ds in self.splits.items():
@@ -306,6 +309,9 @@ class SpeciesDataModule(_ClassificationLoaders):
         self.train_samples, self.max_eval_windows = train_samples, max_eval_windows
         self.batch_size, self.num_workers = batch_size, num_workers
         self.num_classes, self.class_names = len(genomes), list(genomes)
+        for name in genomes:
+            if name not in GENOMES:
+                genome_path(name)  # raises UnknownGenomeError listing the catalog
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "splits"):
