@@ -81,6 +81,38 @@ def _patch_interpreter_scan() -> None:
     scan_ops.generic_scan = generic_scan
 
 
+def _patch_interpreter_reduce() -> None:
+    """Same for `tl.reduce` with a user combine function: fold along the axis one slice at a time."""
+    from triton.runtime import interpreter
+
+    reduce_ops = interpreter.ReduceOps
+    if getattr(reduce_ops.generic_reduce, "_mambalab_patched", False):
+        return
+
+    def generic_reduce(self, input):
+        input, axis = self.unravel(input, self.axis)
+        datas = [np.moveaxis(arg.handle.data, axis, 0) for arg in input]
+        acc = None
+        for i in range(datas[0].shape[0]):
+            cur = tuple(self.to_tensor(np.ascontiguousarray(d[i]), arg.dtype) for d, arg in zip(datas, input))
+            if acc is None:
+                acc = cur
+            else:
+                ret = self.combine_fn.fn(*acc, *cur)
+                acc = ret if isinstance(ret, tuple) else (ret,)
+        outs = []
+        for a, arg in zip(acc, input):
+            data = np.asarray(a.handle.data)
+            if self.keep_dims:
+                data = np.expand_dims(data, axis)
+            outs.append(self.to_tensor(data, arg.dtype))
+        return outs
+
+    generic_reduce._mambalab_patched = True
+    reduce_ops.generic_reduce = generic_reduce
+
+
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     _patch_interpreter_index()
     _patch_interpreter_scan()
+    _patch_interpreter_reduce()

@@ -46,8 +46,8 @@ _LOG2E = 1.4426950408889634
 # Block shapes, chosen per dstate on an H100 (see kernels/NOTES.md). BLOCK_L is also the interval at which the forward
 # saves states for the backward, so the forward and the backward share it.
 CONFIGS: dict[str, dict[int, dict[str, int]]] = {
-    "fwd": {16: dict(BLOCK_D=32, BLOCK_L=16, num_warps=4), 64: dict(BLOCK_D=32, BLOCK_L=8, num_warps=8)},
-    "bwd": {16: dict(BLOCK_D=32, BLOCK_L=16, num_warps=4), 64: dict(BLOCK_D=32, BLOCK_L=8, num_warps=8)},
+    "fwd": {16: dict(BLOCK_D=16, BLOCK_L=8, num_warps=2), 64: dict(BLOCK_D=16, BLOCK_L=8, num_warps=4)},
+    "bwd": {16: dict(BLOCK_D=16, BLOCK_L=8, num_warps=2), 64: dict(BLOCK_D=16, BLOCK_L=8, num_warps=4)},
 }
 
 
@@ -61,6 +61,17 @@ def _config(kind: str, dstate: int) -> dict[str, int]:
 def _scan_combine(a1, b1, a2, b2):
     # (a1, b1) comes first in scan order: h = a2 * (a1 * h0 + b1) + b2.
     return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _pick_last(a, b):
+    # With tl.reduce over an axis held inside each thread (the time axis here), this folds in order: the last element.
+    return b
+
+
+@triton.jit
+def _pick_first(a, b):
+    return a
 
 
 @triton.jit
@@ -78,7 +89,7 @@ def _selective_scan_fwd_kernel(
     stride_A_d, stride_B_b, stride_B_g, stride_B_n, stride_C_b, stride_C_g, stride_C_n,
     stride_init_b, stride_init_d,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr,
-    DELTA_SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr,
+    DELTA_SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr, TIME_IN_THREAD: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     # Tiles are time-major, [BLOCK_L, BLOCK_N, BLOCK_D]: the channels are the fastest axis, so threads spread over
@@ -140,7 +151,10 @@ def _selective_scan_fwd_kernel(
         run_decay, run_inp = tl.associative_scan((decay, inp), axis=0, combine_fn=_scan_combine)
         hs = run_inp + run_decay * h[None, :, :]  # [BLOCK_L, BLOCK_N, BLOCK_D]
         y = tl.sum(hs * Ct[:, :, None], axis=1)  # [BLOCK_L, BLOCK_D]
-        h = tl.sum(tl.where(offs_l[:, None, None] == BLOCK_L - 1, hs, 0.0), axis=0)  # [BLOCK_N, BLOCK_D]
+        if TIME_IN_THREAD:
+            h = tl.reduce(hs, 0, _pick_last)  # [BLOCK_N, BLOCK_D], the state after the chunk's last step
+        else:
+            h = tl.sum(tl.where(offs_l[:, None, None] == BLOCK_L - 1, hs, 0.0), axis=0)
 
         if HAS_D:
             y += Dv[None, :] * u
@@ -161,7 +175,7 @@ def _selective_scan_bwd_kernel(
     stride_A_d, stride_B_b, stride_B_g, stride_B_n, stride_C_b, stride_C_g, stride_C_n,
     stride_dout_b, stride_dout_d,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
-    HAS_INITIAL_STATE: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
+    HAS_INITIAL_STATE: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr, TIME_IN_THREAD: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     # Same time-major tiles as the forward: [BLOCK_L, BLOCK_N, BLOCK_D].
@@ -256,7 +270,10 @@ def _selective_scan_bwd_kernel(
             (decay_next, x), axis=0, combine_fn=_scan_combine, reverse=True
         )
         g = run_x + run_decay_next * g_next[None, :, :]  # [BLOCK_L, BLOCK_N, BLOCK_D]
-        g_next = tl.sum(tl.where(offs_l[:, None, None] == 0, g, 0.0), axis=0)  # dL/dh at the chunk's start
+        if TIME_IN_THREAD:
+            g_next = tl.reduce(g, 0, _pick_first)  # [BLOCK_N, BLOCK_D], dL/dh at the chunk's start
+        else:
+            g_next = tl.sum(tl.where(offs_l[:, None, None] == 0, g, 0.0), axis=0)
 
         gB = tl.sum(g * Bt[:, :, None], axis=1)  # [BLOCK_L, BLOCK_D]
         du = dt * gB
@@ -293,6 +310,15 @@ def _selective_scan_bwd_kernel(
         tl.store(dinit_ptr + state_offs, dinit, mask=mask_nd)
 
 
+def _num_warps(num_warps: int, block_n: int, block_d: int) -> tuple[int, bool]:
+    """Keep every warp on the state and channel axes, so the time axis stays inside each thread: the scans are then
+    loops within a thread, and the chunk's first/last step can be picked by an ordered in-thread fold. Returns the
+    warps and whether the time axis is in-thread (not when even one warp has more lanes than state x channel pairs)."""
+    while num_warps > 1 and 32 * num_warps > block_n * block_d:
+        num_warps //= 2
+    return num_warps, 32 * num_warps <= block_n * block_d
+
+
 def _block_d(block_d: int, dim: int, groups: int) -> int:
     """Largest power of two <= block_d that keeps every program's channels in one B/C group."""
     per_group = dim // groups
@@ -327,6 +353,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     n_chunks = _n_chunks(seqlen, dstate)
     cfg["BLOCK_L"] = block_l  # the saved chunk-start states must line up with the backward's chunks
     block_d = _block_d(cfg.pop("BLOCK_D"), dim, groups)
+    cfg["num_warps"], time_in_thread = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
     out = empty(batch, dim, seqlen, device=u.device, dtype=u.dtype)
     last_state = empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
     states = empty(batch, dim, n_chunks if save_states else 0, dstate, device=u.device, dtype=torch.float32)
@@ -344,6 +371,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
         A.stride(0), sBb, sBg, sBn, sCb, sCg, sCn, *init_strides,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         HAS_INITIAL_STATE=initial_state is not None, DELTA_SOFTPLUS=delta_softplus, SAVE_STATES=save_states,
+        TIME_IN_THREAD=time_in_thread,
         BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(dstate), **cfg,
     )
     return out, last_state, states
@@ -360,6 +388,7 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
     _, sCb, sCg, sCn = _split_bc(C)
     cfg = _config("bwd", dstate)
     block_d = _block_d(cfg.pop("BLOCK_D"), dim, groups)
+    cfg["num_warps"], time_in_thread = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
     n_chunks = states.shape[2]
     f32 = dict(device=u.device, dtype=torch.float32)
     du = empty(*u.shape, device=u.device, dtype=u.dtype)
@@ -382,7 +411,7 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
             A.stride(0), sBb, sBg, sBn, sCb, sCg, sCn, dout.stride(0), dout.stride(1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
             HAS_DLAST=dlast is not None, HAS_INITIAL_STATE=initial_state is not None, DELTA_SOFTPLUS=delta_softplus,
-            BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(dstate), **cfg,
+            TIME_IN_THREAD=time_in_thread, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(dstate), **cfg,
         )
     elif initial_state is not None:
         dinit.copy_(dlast if dlast is not None else torch.zeros_like(dinit))

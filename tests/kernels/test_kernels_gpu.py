@@ -43,8 +43,9 @@ def run_scan(fn, inputs, dout, dlast, upcast):
 @pytest.mark.parametrize(
     "shape,dtype,groups",
     [((2, 1536, 2048, 16), torch.bfloat16, None), ((1, 1536, 2048, 64), torch.float32, None),
-     ((1, 1536, 2048, 16), torch.bfloat16, 4), ((1, 1536, 16384, 16), torch.bfloat16, None)],
-    ids=["2048-d16-bf16", "2048-d64-fp32", "2048-grouped", "16384-d16-bf16"],
+     ((1, 1536, 2048, 16), torch.bfloat16, 4), ((1, 1536, 16384, 16), torch.bfloat16, None),
+     ((2, 96, 300, 16), torch.float32, 32), ((2, 64, 77, 4), torch.float32, None)],
+    ids=["2048-d16-bf16", "2048-d64-fp32", "2048-grouped", "16384-d16-bf16", "3-channels-per-group", "dstate4"],
 )
 def test_scan_fwd_bwd(shape, dtype, groups):
     inputs = scan_inputs(*shape, dtype, groups)
