@@ -30,6 +30,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.callbacks import Timer
 
 from backbone import MambaConfig
 from backbone.init import optimizer_groups
@@ -106,6 +107,7 @@ class DNAClassifyConfig:
     seed: int = 0
     run_dir: str | None = None
     ckpt_path: str | None = None
+    time_budget_minutes: float | None = None  # stop training after this much wall time
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -224,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
              cfg.data.gue_task if cfg.data.task == "gue" else "species", datamodule.num_classes,
              len(datamodule.splits["train"]), len(datamodule.splits["val"]), len(datamodule.splits["test"]),
              n_params / 1e6, cfg.model.init_from or "scratch", run_dir)  # fmt: skip
-    trainer = build_trainer(cfg.trainer, run_dir, monitor="val/loss", mode="min")
+    budget = [Timer(duration={"minutes": cfg.time_budget_minutes})] if cfg.time_budget_minutes else []
+    trainer = build_trainer(cfg.trainer, run_dir, monitor="val/loss", mode="min", extra_callbacks=budget)
     trainer.check_val_every_n_epoch = None  # an integer val_check_interval counts steps across epochs
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

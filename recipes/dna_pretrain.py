@@ -44,7 +44,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs" / JOB
 
 @dataclass
 class ModelConfig:
-    d_model: int = 128
+    d_model: int = 64
     n_layer: int = 4
     d_state: int = 16
     d_conv: int = 4
