@@ -121,7 +121,7 @@ def scan_check(inputs, channels=None, grads=True):
     return errs
 
 
-def bench_scan(shape, *, fwd_bwd=True, check_grads=False, check_channels=None):
+def bench_scan(shape, *, fwd_bwd=True, check_grads=False, check_channels=None, compare_reductions=False):
     batch, dim, seqlen, dstate = shape
     inputs = scan_inputs(*shape)
     errs = scan_check(inputs, channels=check_channels, grads=check_grads)
@@ -143,6 +143,10 @@ def bench_scan(shape, *, fwd_bwd=True, check_grads=False, check_channels=None):
 
         moved = moved_fwd + nbytes(*inputs.values()) + nbytes(dout) + nbytes(*inputs.values())
         record("scan fwd+bwd", shape, "triton", bench(step), moved, worst, note)
+        if compare_reductions:
+            scan.DBC_REDUCTION = "atomics"
+            record("scan fwd+bwd", shape, "triton dB/dC atomics", bench(step), moved, note="dB/dC by fp32 atomics")
+            scan.DBC_REDUCTION = "partials"
     del inputs
     torch.cuda.empty_cache()
 
@@ -355,9 +359,9 @@ def main(argv=None):
         sweep_conv()
     refs = not args.quick
     steps = [
-        lambda: bench_scan((8, 1536, 2048, 16), check_grads=True),
+        lambda: bench_scan((8, 1536, 2048, 16), check_grads=True, compare_reductions=True),
         lambda: bench_scan((4, 5120, 2048, 16), check_channels=512),
-        lambda: bench_scan((1, 1536, 65536, 16), check_channels=256),
+        lambda: bench_scan((1, 1536, 65536, 16), check_channels=256, compare_reductions=True),
         lambda: bench_scan((2, 2048, 16384, 16), check_channels=256),
         lambda: bench_scan((8, 1536, 2048, 64), check_channels=512),
         lambda: bench_conv((8, 1536, 2048)),

@@ -7,13 +7,30 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["empty", "poisoning", "unit_stride"]
+__all__ = ["call_op", "empty", "poisoning", "unit_stride"]
 
 
 def poisoning() -> bool:
     """Fill kernel outputs with NaN before launch (under the interpreter, or with MAMBALAB_KERNELS_POISON=1), so a
     test sees any element a kernel forgot to write."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1" or os.environ.get("MAMBALAB_KERNELS_POISON", "0") == "1"
+
+
+def _tracing(args) -> bool:
+    if torch.compiler.is_compiling():
+        return True
+    from torch._subclasses.fake_tensor import is_fake
+
+    return any(isinstance(a, torch.Tensor) and is_fake(a) for a in args)
+
+
+def call_op(name: str, launcher, *args):
+    """`torch.ops.mambalab.<name>` while torch.compile traces (so the graph sees one opaque op with a fake function);
+    in eager mode the launcher itself, which skips the custom-op dispatch layers (tens of microseconds of host time
+    per call, more than a small kernel takes on the GPU)."""
+    if _tracing(args):
+        return getattr(torch.ops.mambalab, name)(*args)
+    return launcher(*args)
 
 
 def unit_stride(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:

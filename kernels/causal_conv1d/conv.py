@@ -23,12 +23,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_utils import empty, unit_stride
+from kernels._triton_utils import call_op, empty, unit_stride
 
 __all__ = ["causal_conv1d"]
 
 CONFIGS = {
-    "fwd": dict(BLOCK_D=16, BLOCK_L=128, num_warps=4),
+    "fwd": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4),
     "bwd": dict(BLOCK_D=16, BLOCK_L=128, num_warps=4),
 }
 
@@ -230,7 +230,7 @@ def _(dout, dfinal, x, weight, bias, initial_state, silu):
 class _CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, initial_state, silu, return_final_state):
-        out, final = torch.ops.mambalab.causal_conv1d_fwd(x, weight, bias, initial_state, silu, return_final_state)
+        out, final = call_op("causal_conv1d_fwd", _causal_conv1d_fwd, x, weight, bias, initial_state, silu, return_final_state)
         ctx.save_for_backward(x, weight, bias, initial_state)
         ctx.silu = silu
         ctx.return_final_state = return_final_state
@@ -240,7 +240,7 @@ class _CausalConv1dFn(torch.autograd.Function):
     def backward(ctx, dout, dfinal):
         x, weight, bias, initial_state = ctx.saved_tensors
         dfinal = dfinal if ctx.return_final_state else None
-        grads = torch.ops.mambalab.causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, ctx.silu)
+        grads = call_op("causal_conv1d_bwd", _causal_conv1d_bwd, dout, dfinal, x, weight, bias, initial_state, ctx.silu)
         present = (x, weight, bias, initial_state)
         return (*(g if t is not None else None for g, t in zip(grads, present)), None, None)
 
@@ -265,5 +265,5 @@ def causal_conv1d(
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         out, final = _CausalConv1dFn.apply(*tensors, silu, return_final_state)
     else:
-        out, final = torch.ops.mambalab.causal_conv1d_fwd(*tensors, silu, return_final_state)
+        out, final = call_op("causal_conv1d_fwd", _causal_conv1d_fwd, *tensors, silu, return_final_state)
     return (out, final) if return_final_state else out

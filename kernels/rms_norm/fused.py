@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_utils import empty, unit_stride
+from kernels._triton_utils import call_op, empty, unit_stride
 
 __all__ = ["layer_norm", "rms_norm"]
 
@@ -231,8 +231,8 @@ def _(dout, dres_out, x, weight, bias, residual, mean, rstd, is_rms_norm):
 class _AddNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, residual, eps, is_rms_norm, prenorm, residual_in_fp32):
-        out, res_out, mean, rstd = torch.ops.mambalab.add_norm_fwd(
-            x, weight, bias, residual, eps, is_rms_norm, prenorm, residual_in_fp32
+        out, res_out, mean, rstd = call_op(
+            "add_norm_fwd", _add_norm_fwd, x, weight, bias, residual, eps, is_rms_norm, prenorm, residual_in_fp32
         )
         ctx.save_for_backward(x, weight, bias, residual, mean, rstd)
         ctx.is_rms_norm = is_rms_norm
@@ -243,7 +243,9 @@ class _AddNormFn(torch.autograd.Function):
     def backward(ctx, dout, dres_out):
         x, weight, bias, residual, mean, rstd = ctx.saved_tensors
         dres_out = dres_out if ctx.prenorm else None
-        grads = torch.ops.mambalab.add_norm_bwd(dout, dres_out, x, weight, bias, residual, mean, rstd, ctx.is_rms_norm)
+        grads = call_op(
+            "add_norm_bwd", _add_norm_bwd, dout, dres_out, x, weight, bias, residual, mean, rstd, ctx.is_rms_norm
+        )
         present = (x, weight, bias, residual)
         return (*(g if t is not None else None for g, t in zip(grads, present)), None, None, None, None)
 
@@ -253,7 +255,7 @@ def _add_norm(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         out, res_out = _AddNormFn.apply(*tensors, eps, is_rms_norm, prenorm, residual_in_fp32)
     else:
-        out, res_out, _, _ = torch.ops.mambalab.add_norm_fwd(*tensors, eps, is_rms_norm, prenorm, residual_in_fp32)
+        out, res_out, _, _ = call_op("add_norm_fwd", _add_norm_fwd, *tensors, eps, is_rms_norm, prenorm, residual_in_fp32)
     return (out, res_out) if prenorm else out
 
 

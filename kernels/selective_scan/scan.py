@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_utils import empty, unit_stride
+from kernels._triton_utils import call_op, empty, unit_stride
 
 __all__ = ["selective_scan"]
 
@@ -46,9 +46,15 @@ _LOG2E = 1.4426950408889634
 # Block shapes, chosen per dstate on an H100 (see kernels/NOTES.md). BLOCK_L is also the interval at which the forward
 # saves states for the backward, so the forward and the backward share it.
 CONFIGS: dict[str, dict[int, dict[str, int]]] = {
-    "fwd": {16: dict(BLOCK_D=16, BLOCK_L=8, num_warps=2), 64: dict(BLOCK_D=16, BLOCK_L=8, num_warps=4)},
-    "bwd": {16: dict(BLOCK_D=16, BLOCK_L=8, num_warps=2), 64: dict(BLOCK_D=16, BLOCK_L=8, num_warps=4)},
+    "fwd": {16: dict(BLOCK_D=16, BLOCK_L=8, num_warps=1), 64: dict(BLOCK_D=4, BLOCK_L=8, num_warps=1)},
+    "bwd": {16: dict(BLOCK_D=8, BLOCK_L=8, num_warps=1), 64: dict(BLOCK_D=2, BLOCK_L=8, num_warps=1)},
 }
+# dB/dC are sums over channels: per-program partial slices summed by PyTorch afterwards ("partials"), or fp32 atomics
+# into one buffer ("atomics"); partials fall back to atomics above PARTIALS_MAX_BYTES of scratch.
+DBC_REDUCTION = "partials"
+PARTIALS_MAX_BYTES = 2 << 30
+# Programs per SM below which the channel block shrinks (long sequences with a small batch would leave SMs idle).
+MIN_PROGRAMS_PER_SM = 4
 
 
 def _config(kind: str, dstate: int) -> dict[str, int]:
@@ -170,13 +176,13 @@ def _selective_scan_fwd_kernel(
 def _selective_scan_bwd_kernel(
     dout_ptr, dlast_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, states_ptr,
     du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, ddelta_bias_ptr, dinit_ptr,
-    dim, dstate, seqlen, n_chunks, channels_per_group, groups,
+    dim, dstate, seqlen, n_chunks, channels_per_group, groups, batch, parts_per_group,
     stride_u_b, stride_u_d, stride_delta_b, stride_delta_d, stride_z_b, stride_z_d,
     stride_A_d, stride_B_b, stride_B_g, stride_B_n, stride_C_b, stride_C_g, stride_C_n,
     stride_dout_b, stride_dout_d,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
     HAS_INITIAL_STATE: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr, TIME_IN_THREAD: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    DBC_PARTIALS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     # Same time-major tiles as the forward: [BLOCK_L, BLOCK_N, BLOCK_D].
     pid_d = tl.program_id(0)
@@ -205,7 +211,12 @@ def _selective_scan_bwd_kernel(
         z_cols = z_ptr + pid_b * stride_z_b + offs_d64[None, :] * stride_z_d
     B_cols = B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n[None, :] * stride_B_n  # [1, BLOCK_N]
     C_cols = C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n[None, :] * stride_C_n
-    dBC_cols = ((pid_b * groups + group) * dstate + offs_n[None, :]) * seqlen  # fp32 (batch, groups, dstate, seqlen)
+    if DBC_PARTIALS:
+        # fp32 (parts_per_group, batch, groups, dstate, seqlen): this program's own slice, summed afterwards.
+        part = (pid_d % parts_per_group).to(tl.int64)
+        dBC_cols = (((part * batch + pid_b) * groups + group) * dstate + offs_n[None, :]) * seqlen
+    else:
+        dBC_cols = ((pid_b * groups + group) * dstate + offs_n[None, :]) * seqlen  # fp32 (batch, groups, dstate, seqlen)
     state_offs = (pid_b * dim + offs_d64[None, :]) * dstate + offs_n[:, None]  # [BLOCK_N, BLOCK_D]
 
     if HAS_DLAST:
@@ -291,8 +302,12 @@ def _selective_scan_bwd_kernel(
 
         dB = tl.sum(g * dtu[:, None, :], axis=2)  # [BLOCK_L, BLOCK_N]
         dC = tl.sum(hs * dy[:, None, :], axis=2)  # [BLOCK_L, BLOCK_N]
-        tl.atomic_add(dB_ptr + dBC_cols + t[:, None], dB, mask=mask_tn, sem="relaxed")
-        tl.atomic_add(dC_ptr + dBC_cols + t[:, None], dC, mask=mask_tn, sem="relaxed")
+        if DBC_PARTIALS:
+            tl.store(dB_ptr + dBC_cols + t[:, None], dB, mask=mask_tn)
+            tl.store(dC_ptr + dBC_cols + t[:, None], dC, mask=mask_tn)
+        else:
+            tl.atomic_add(dB_ptr + dBC_cols + t[:, None], dB, mask=mask_tn, sem="relaxed")
+            tl.atomic_add(dC_ptr + dBC_cols + t[:, None], dC, mask=mask_tn, sem="relaxed")
 
     tl.atomic_add(dA_ptr + offs_d64[None, :] * dstate + offs_n[:, None], dA_acc, mask=mask_nd, sem="relaxed")
     if HAS_D:
@@ -319,8 +334,19 @@ def _num_warps(num_warps: int, block_n: int, block_d: int) -> tuple[int, bool]:
     return num_warps, 32 * num_warps <= block_n * block_d
 
 
-def _block_d(block_d: int, dim: int, groups: int) -> int:
-    """Largest power of two <= block_d that keeps every program's channels in one B/C group."""
+def _num_sms(device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _block_d(block_d: int, dim: int, groups: int, batch: int = 1, device: torch.device | None = None) -> int:
+    """Largest power of two <= block_d that keeps every program's channels in one B/C group, shrunk (down to 2) while
+    the grid would give fewer than MIN_PROGRAMS_PER_SM programs per SM."""
+    sms = _num_sms(device) if device is not None else None
+    if sms:
+        while block_d > 2 and batch * triton.cdiv(dim, block_d) < MIN_PROGRAMS_PER_SM * sms:
+            block_d //= 2
     per_group = dim // groups
     if groups == 1:
         return block_d
@@ -352,7 +378,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     block_l = _config("bwd", dstate)["BLOCK_L"]
     n_chunks = _n_chunks(seqlen, dstate)
     cfg["BLOCK_L"] = block_l  # the saved chunk-start states must line up with the backward's chunks
-    block_d = _block_d(cfg.pop("BLOCK_D"), dim, groups)
+    block_d = _block_d(cfg.pop("BLOCK_D"), dim, groups, batch, u.device)
     cfg["num_warps"], time_in_thread = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
     out = empty(batch, dim, seqlen, device=u.device, dtype=u.dtype)
     last_state = empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
@@ -387,16 +413,22 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
     groups, sBb, sBg, sBn = _split_bc(B)
     _, sCb, sCg, sCn = _split_bc(C)
     cfg = _config("bwd", dstate)
-    block_d = _block_d(cfg.pop("BLOCK_D"), dim, groups)
+    block_d = _block_d(cfg.pop("BLOCK_D"), dim, groups, batch, u.device)
     cfg["num_warps"], time_in_thread = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
     n_chunks = states.shape[2]
+    parts_per_group = triton.cdiv(dim // groups, block_d)
+    partials = DBC_REDUCTION == "partials" and 8 * parts_per_group * batch * groups * dstate * seqlen <= PARTIALS_MAX_BYTES
     f32 = dict(device=u.device, dtype=torch.float32)
     du = empty(*u.shape, device=u.device, dtype=u.dtype)
     ddelta = empty(*delta.shape, device=u.device, dtype=delta.dtype)
     dz = empty(*z.shape, device=u.device, dtype=z.dtype) if z is not None else None
     dA = torch.zeros(A.shape, **f32)
-    dB = torch.zeros(batch, groups, dstate, seqlen, **f32)
-    dC = torch.zeros(batch, groups, dstate, seqlen, **f32)
+    if partials:
+        dB = empty(parts_per_group, batch, groups, dstate, seqlen, **f32)
+        dC = empty(parts_per_group, batch, groups, dstate, seqlen, **f32)
+    else:
+        dB = torch.zeros(batch, groups, dstate, seqlen, **f32)
+        dC = torch.zeros(batch, groups, dstate, seqlen, **f32)
     dD = torch.zeros(dim, **f32) if D is not None else None
     ddelta_bias = torch.zeros(dim, **f32) if delta_bias is not None else None
     dinit = empty(batch, dim, dstate, **f32) if initial_state is not None else None
@@ -406,15 +438,17 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
         _selective_scan_bwd_kernel[grid](
             dout, dlast, u, delta, A, B, C, D, z, delta_bias, states,
             du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinit,
-            dim, dstate, seqlen, n_chunks, dim // groups, groups,
+            dim, dstate, seqlen, n_chunks, dim // groups, groups, batch, parts_per_group,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *z_strides,
             A.stride(0), sBb, sBg, sBn, sCb, sCg, sCn, dout.stride(0), dout.stride(1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
             HAS_DLAST=dlast is not None, HAS_INITIAL_STATE=initial_state is not None, DELTA_SOFTPLUS=delta_softplus,
-            TIME_IN_THREAD=time_in_thread, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(dstate), **cfg,
+            TIME_IN_THREAD=time_in_thread, DBC_PARTIALS=partials, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(dstate), **cfg,
         )
     elif initial_state is not None:
         dinit.copy_(dlast if dlast is not None else torch.zeros_like(dinit))
+    if partials:
+        dB, dC = (dB.sum(0), dC.sum(0)) if seqlen > 0 else (dB[0].zero_(), dC[0].zero_())
     dB = dB.view(B.shape).to(B.dtype)
     dC = dC.view(C.shape).to(C.dtype)
     cast = lambda g, like: None if g is None else g.to(like.dtype)
@@ -466,8 +500,8 @@ def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, d
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
-        out, last_state, states = torch.ops.mambalab.selective_scan_fwd(
-            u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, True
+        out, last_state, states = call_op(
+            "selective_scan_fwd", _selective_scan_fwd, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, True
         )
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states)
         ctx.delta_softplus = delta_softplus
@@ -476,8 +510,8 @@ class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, D, z, delta_bias, initial_state, states = ctx.saved_tensors
-        grads = torch.ops.mambalab.selective_scan_bwd(
-            dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, ctx.delta_softplus,
+        grads = call_op(
+            "selective_scan_bwd", _selective_scan_bwd, dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, ctx.delta_softplus,
         )
         present = (u, delta, A, B, C, D, z, delta_bias, initial_state)
         return (*(g if t is not None else None for g, t in zip(grads, present)), None)
@@ -508,5 +542,5 @@ def selective_scan(
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         out, last_state = _SelectiveScanFn.apply(*tensors, delta_softplus)
     else:
-        out, last_state, _ = torch.ops.mambalab.selective_scan_fwd(*tensors, delta_softplus, False)
+        out, last_state, _ = call_op("selective_scan_fwd", _selective_scan_fwd, *tensors, delta_softplus, False)
     return (out, last_state) if return_last_state else out

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+import torch._dynamo.testing
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1", reason="Triton interpreter tests: run with TRITON_INTERPRET=1"
@@ -33,8 +34,12 @@ def test_compiled_graph_matches_eager_without_graph_breaks():
             torch.randn(batch, dim, seqlen)]
     eager = block(*params, *data)
     eager_grads = torch.autograd.grad(eager, params)
-    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)(*params, *data)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(block, backend=counter, fullgraph=True)(*params, *data)
     compiled_grads = torch.autograd.grad(compiled, params)
     torch.testing.assert_close(compiled, eager)
     for a, b in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, b)
+    graph = "\n".join(m.code for g in counter.graphs for _, m in g.named_modules() if hasattr(m, "code"))
+    for op in ("add_norm_fwd", "causal_conv1d_fwd", "selective_scan_fwd"):
+        assert op in graph, f"{op} is not in the compiled graph"

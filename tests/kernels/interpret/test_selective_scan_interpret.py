@@ -91,6 +91,14 @@ def test_scan_grouped(groups, dim):
     check(make_inputs(2, dim, 40, 8, torch.float32, groups=groups))
 
 
+@pytest.mark.parametrize("groups", [None, 2])
+def test_scan_dB_dC_by_atomics(monkeypatch, groups):
+    from kernels.selective_scan import scan
+
+    monkeypatch.setattr(scan, "DBC_REDUCTION", "atomics")
+    check(make_inputs(2, 4, 30, 4, torch.float32, groups=groups))
+
+
 def test_scan_grouped_bf16_dstate_not_power_of_two():
     check(make_inputs(1, 4, 33, 6, torch.bfloat16, groups=2))
 
