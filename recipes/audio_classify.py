@@ -36,7 +36,7 @@ from omegaconf import OmegaConf
 
 from backbone import MambaConfig
 from backbone.init import optimizer_groups
-from tasks.audio.data import AudioDataConfig, AudioDataModule, BadFiles, load_waveforms, records_from_pattern
+from tasks.audio.data import AudioDataConfig, AudioDataModule, AudioRecord, BadFiles, load_waveforms
 from tasks.audio.metrics import classification_report
 from tasks.audio.model import AudioClassifier, AudioModelConfig
 from tasks.audio.tokenizer import MuLawTokenizer
@@ -177,12 +177,19 @@ def report_test(module: AudioClassifierModule, labels: list[str], run_dir: Path,
 
 
 def predict(run: str, folder: str, batch_size: int = 64) -> list[tuple[str, str, float]]:
-    """Label every audio file in `folder` with the best checkpoint of `run` (a run directory or a .ckpt file)."""
+    """Print `path<TAB>label<TAB>probability` for every audio file in `folder`.
+
+    `run` is a classification run directory (its best checkpoint is used, else last.ckpt) or a .ckpt file in one.
+    """
     ckpt = Path(run)
     run_dir = ckpt.parent.parent if ckpt.suffix == ".ckpt" else ckpt
     if ckpt.suffix != ".ckpt":
         best = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
         ckpt = best[-1] if best else run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file() or not (run_dir / "labels.json").is_file():
+        raise FileNotFoundError(f"{run}: no checkpoint/labels.json of a recipes.audio_classify run found")
+    if not Path(folder).is_dir():
+        raise NotADirectoryError(f"{folder}: not a folder of audio files")
     cfg: ClassifyConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ClassifyConfig),
                                                               OmegaConf.load(run_dir / "config.yaml")))  # fmt: skip
     labels = json.loads((run_dir / "labels.json").read_text())
@@ -191,8 +198,10 @@ def predict(run: str, folder: str, batch_size: int = 64) -> list[tuple[str, str,
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     model.eval()
+    # Every visible file is tried: one that libsndfile cannot decode is reported (and skipped), not silently ignored.
     bad = BadFiles()
-    records = records_from_pattern(folder, r"(?P<label>.*)\.(wav|WAV|flac|FLAC|ogg|OGG|aiff|AIFF)", None, bad)
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+    records = [AudioRecord(path, label="", origin=str(path)) for path in files]
     records, waves = load_waveforms(records, cfg.data.sample_rate, cfg.data.normalization, bad)
     tokenizer, results = MuLawTokenizer(), []
     with torch.no_grad():
