@@ -1,9 +1,9 @@
 """Audio models on mu-law tokens: an encoder (front-end + Mamba backbone), a frame-level LM and a classifier.
 
 * `AudioEncoder`: tokens `[B, T]` -> hidden `[B, T // frame, D]` (causal).
-* `AudioLM`: the encoder plus an LM head over the 256 mu-law levels. Hidden frame `j` predicts each of the `frame`
-  samples of frame `j + 1` (a categorical over 256 levels per sample, the samples of one frame conditionally
-  independent given the past). With `strides=()` (`frame = 1`) this is the exact sample-level autoregressive model.
+* `AudioLM`: the encoder plus a `FrameDecoder` with an LM head over the 256 mu-law levels. Hidden frame `j` and the
+  previous sample give a categorical over 256 levels for each sample of frame `j + 1`. With `strides=()`
+  (`frame = 1`) this is the exact sample-level autoregressive model.
 * `AudioClassifier`: the encoder's front-end and backbone (optionally run in both directions) and a pooled head.
 
 `AudioLM.save_pretrained` writes `config.json` + `model.safetensors`; `AudioClassifier.from_pretrained_encoder` starts
@@ -53,19 +53,52 @@ class AudioEncoder(nn.Module):
         return self.backbone(self.front_end(tokens), cache)
 
 
+class FrameDecoder(nn.Module):
+    """Per-sample logits of the next frame from the backbone's frame state and the previous sample.
+
+    Logits of sample `t` of frame `j + 1` = `head(MLP(W h_j + E[x_prev] + P[t]))`, where `x_prev` is the sample just
+    before it (teacher-forced in training, just sampled in generation). Without `x_prev` a frame model would have to
+    predict up to `frame` samples ahead blind; with it, the sample-to-sample correlation of audio is modeled locally
+    and the backbone carries the longer context (MegaByte's local model, cut to one step of memory).
+
+    Shapes: hidden `[B, F, D]`, previous int64 `[B, F, frame]` -> logits `[B, F, frame, levels]`.
+    """
+
+    def __init__(self, d_model: int, frame: int, levels: int) -> None:
+        super().__init__()
+        self.context = nn.Linear(d_model, d_model)
+        self.previous = nn.Embedding(levels, d_model)
+        self.position = nn.Parameter(torch.zeros(frame, d_model))
+        self.mlp = nn.Sequential(nn.GELU(), nn.Linear(d_model, d_model), nn.GELU())
+        self.head = LMHead(d_model, levels)
+
+    def forward(self, hidden: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        x = self.context(hidden)[:, :, None] + self.previous(previous) + self.position  # [B, F, frame, D]
+        return self.head(self.mlp(x))
+
+    def step(self, context: torch.Tensor, previous: torch.Tensor, t: int) -> torch.Tensor:
+        """One sample: projected context `[B, D]` (`self.context(h)`), previous ids `[B]` -> logits `[B, levels]`."""
+        return self.head(self.mlp(context + self.previous(previous) + self.position[t]))
+
+
 class AudioLM(nn.Module):
-    """Frame-level autoregressive model of mu-law waveforms."""
+    """Frame-level autoregressive model of mu-law waveforms: encoder + `FrameDecoder`."""
 
     def __init__(self, config: AudioModelConfig) -> None:
         super().__init__()
         self.config = config
         self.encoder = AudioEncoder(config)
-        self.lm_head = LMHead(config.backbone.d_model, config.frame * config.levels)
+        self.decoder = FrameDecoder(config.backbone.d_model, config.frame, config.levels)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens `[B, T]` -> logits `[B, T // frame, frame, levels]`; row `j` predicts the samples of frame `j + 1`."""
-        hidden = self.encoder(tokens)
-        return self.lm_head(hidden).unflatten(-1, (self.config.frame, self.config.levels))
+        """tokens `[B, T]` -> logits `[B, T // frame - 1, frame, levels]` for the samples of frames 1, 2, ...
+
+        Row `j` depends on frames `<= j` (through the backbone) and on the sample before each target.
+        """
+        frame = self.config.frame
+        hidden = self.encoder(tokens)[:, :-1]  # [B, F - 1, D]
+        previous = tokens[:, frame - 1 : -1].reshape(*hidden.shape[:2], frame)  # [B, F - 1, frame]
+        return self.decoder(hidden, previous)
 
     def loss(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean negative log-likelihood in nats per predicted sample, and the number of samples it averages.
@@ -77,8 +110,8 @@ class AudioLM(nn.Module):
         The first frame of each sequence is context only (nothing precedes it to predict it from).
         """
         frame = self.config.frame
-        logits = self(tokens)[:, :-1]  # [B, F - 1, frame, levels]
-        targets = tokens[:, frame:].reshape(logits.shape[:-1])  # [B, F - 1, frame]
+        logits = self(tokens)  # [B, F - 1, frame, levels]
+        targets = tokens[:, frame:]  # [B, (F - 1) * frame]
         nll = F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten(), reduction="none")
         if mask is None:
             return nll.mean(), torch.tensor(nll.numel(), device=nll.device)
@@ -90,10 +123,11 @@ class AudioLM(nn.Module):
     def generate(self, prompt: torch.Tensor, num_samples: int, temperature: float = 1.0) -> torch.Tensor:
         """Continue `prompt` (int64 `[B, T0]`, `T0` a positive multiple of the frame) by `num_samples` tokens.
 
-        The backbone runs O(1) per frame on its recurrent cache; the front-end re-reads only its receptive field.
-        Returns int64 `[B, T0 + num_samples]` (`num_samples` rounded up to whole frames).
+        The backbone runs O(1) per frame on its recurrent cache and the front-end re-reads only its receptive field;
+        within a frame, samples are drawn one by one from the `FrameDecoder`. Returns int64 `[B, T0 + num_samples]`
+        (`num_samples` rounded up to whole frames). `temperature <= 0` is greedy.
         """
-        frame, levels = self.config.frame, self.config.levels
+        frame = self.config.frame
         if prompt.dim() != 2 or prompt.shape[1] < frame or prompt.shape[1] % frame:
             raise ValueError(
                 f"prompt must be [B, T0] with T0 a positive multiple of {frame}, got {tuple(prompt.shape)}"
@@ -102,14 +136,17 @@ class AudioLM(nn.Module):
         cache = backbone.allocate_cache(prompt.shape[0], device=prompt.device)
         hidden = backbone(self.encoder.front_end(prompt), cache)[:, -1]  # prefill: [B, D]
         tokens, window = [prompt], self.encoder.front_end.receptive_field
+        previous = prompt[:, -1]
         for _ in range(-(-num_samples // frame)):
-            logits = self.lm_head(hidden).view(-1, frame, levels).float()  # [B, frame, levels]
-            if temperature <= 0:
-                new = logits.argmax(-1)
-            else:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                new = torch.multinomial(probs.flatten(0, 1), 1).view(-1, frame)
-            tokens.append(new)
+            context, new = self.decoder.context(hidden), []
+            for t in range(frame):
+                logits = self.decoder.step(context, previous, t).float()  # [B, levels]
+                if temperature <= 0:
+                    previous = logits.argmax(-1)
+                else:
+                    previous = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1)[:, 0]
+                new.append(previous)
+            tokens.append(torch.stack(new, dim=1))
             recent = torch.cat(tokens, dim=1)[:, -window:]
             hidden = backbone.step(self.encoder.front_end(recent)[:, -1], cache)
         return torch.cat(tokens, dim=1)

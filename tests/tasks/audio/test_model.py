@@ -32,16 +32,33 @@ def test_step_decoding_matches_forward(strides):
     lm = AudioLM(_config(strides)).eval()
     frame = lm.config.frame
     tokens = torch.randint(0, 256, (2, frame * 8))
-    full = lm(tokens)  # [B, F, frame, 256]
+    full_hidden = lm.encoder(tokens)  # [B, 8, D]
+    full_logits = lm(tokens)  # [B, 7, frame, 256]
     backbone, front = lm.encoder.backbone, lm.encoder.front_end
     cache = backbone.allocate_cache(2)
     hidden = backbone(front(tokens[:, : 3 * frame]), cache)[:, -1]  # prefill frames 0-2
     for j in range(2, 8):
         if j > 2:
             hidden = backbone.step(front(tokens[:, : (j + 1) * frame][:, -front.receptive_field :])[:, -1], cache)
-        assert torch.allclose(lm.lm_head(hidden).view(2, frame, 256), full[:, j], atol=1e-4)
+        assert torch.allclose(hidden, full_hidden[:, j], atol=1e-4)
+        if j < 7:  # the decoder's per-sample steps equal its batched forward, teacher-forced
+            context = lm.decoder.context(hidden)
+            for t in range(frame):
+                previous = tokens[:, (j + 1) * frame + t - 1]
+                assert torch.allclose(lm.decoder.step(context, previous, t), full_logits[:, j, t], atol=1e-4)
     generated = lm.generate(tokens[:, :frame], 3 * frame, temperature=0.8)
     assert generated.shape == (2, 4 * frame) and torch.equal(generated[:, :frame], tokens[:, :frame])
+
+
+def test_lm_is_causal():
+    lm = AudioLM(_config([4, 2])).eval()
+    tokens = torch.randint(0, 256, (1, 64))
+    changed = tokens.clone()
+    changed[:, 37] = (changed[:, 37] + 100) % 256
+    # logits row j covers samples 8(j+1) ... 8(j+1)+7; sample 37 is input to targets 38.. only
+    flat, flat_changed = lm(tokens).flatten(1, 2), lm(changed).flatten(1, 2)  # [1, 56, 256], target i = sample i + 8
+    assert torch.allclose(flat[:, : 37 - 8 + 1], flat_changed[:, : 37 - 8 + 1], atol=1e-5)
+    assert not torch.allclose(flat[:, 38 - 8], flat_changed[:, 38 - 8])
 
 
 def test_loss_masks_padding_and_is_near_uniform_at_init():
