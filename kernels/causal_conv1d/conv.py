@@ -29,7 +29,7 @@ __all__ = ["causal_conv1d"]
 
 CONFIGS = {
     "fwd": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4),
-    "bwd": dict(BLOCK_D=16, BLOCK_L=128, num_warps=4),
+    "bwd": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4),
 }
 
 

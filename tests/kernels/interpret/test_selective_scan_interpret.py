@@ -92,10 +92,11 @@ def test_scan_grouped(groups, dim):
 
 
 @pytest.mark.parametrize("groups", [None, 2])
-def test_scan_dB_dC_by_atomics(monkeypatch, groups):
+@pytest.mark.parametrize("reduction", ["atomics", "partials"])
+def test_scan_dB_dC_reductions(monkeypatch, reduction, groups):
     from kernels.selective_scan import scan
 
-    monkeypatch.setattr(scan, "DBC_REDUCTION", "atomics")
+    monkeypatch.setattr(scan, "DBC_REDUCTION", reduction)
     check(make_inputs(2, 4, 30, 4, torch.float32, groups=groups))
 
 
