@@ -28,12 +28,14 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.causal_conv1d import conv, step as conv_step  # noqa: E402
+from kernels.causal_conv1d import conv  # noqa: E402
 from kernels.causal_conv1d import ref as conv_ref  # noqa: E402
+from kernels.causal_conv1d import step as conv_step
 from kernels.rms_norm import fused  # noqa: E402
 from kernels.rms_norm import ref as norm_ref  # noqa: E402
 from kernels.selective_scan import ref as scan_ref  # noqa: E402
-from kernels.selective_scan import scan, step as scan_step  # noqa: E402
+from kernels.selective_scan import scan  # noqa: E402
+from kernels.selective_scan import step as scan_step
 
 ANCHORS_US = {  # mamba-ssm 2.3.2 / causal-conv1d 1.7.0 on an H100 80GB HBM3 (PERFORMANCE.md)
     ("scan fwd", (8, 1536, 2048, 16)): 451.5,
@@ -79,14 +81,27 @@ def bench(fn, rep=100) -> float:
 def record(op, shape, impl, us, moved, err=None, note=""):
     key = (op, tuple(shape))
     anchor = ANCHORS_US.get(key) if impl == "triton" else None
-    row = dict(op=op, shape=list(shape), impl=impl, us=round(us, 2), tb_s=round(moved / us / 1e6, 3) if moved else None,
-               rel_err=err, anchor_us=anchor, vs_anchor=round(anchor / us, 2) if anchor else None,
-               target_us=TARGETS_US.get(key) if impl == "triton" else None, note=note)
+    row = dict(
+        op=op,
+        shape=list(shape),
+        impl=impl,
+        us=round(us, 2),
+        tb_s=round(moved / us / 1e6, 3) if moved else None,
+        rel_err=err,
+        anchor_us=anchor,
+        vs_anchor=round(anchor / us, 2) if anchor else None,
+        target_us=TARGETS_US.get(key) if impl == "triton" else None,
+        note=note,
+    )
     ROWS.append(row)
-    print(f"{op:<14} {str(tuple(shape)):<24} {impl:<16} {us:>11.1f} us  {row['tb_s'] or 0:>6.2f} TB/s"
-          + (f"  err {err:.1e}" if err is not None else "")
-          + (f"  anchor {anchor:.1f} us (x{anchor / us:.2f} faster)" if anchor else "")
-          + (f"  target {row['target_us']}" if row["target_us"] else "") + (f"  {note}" if note else ""), flush=True)
+    print(
+        f"{op:<14} {str(tuple(shape)):<24} {impl:<16} {us:>11.1f} us  {row['tb_s'] or 0:>6.2f} TB/s"
+        + (f"  err {err:.1e}" if err is not None else "")
+        + (f"  anchor {anchor:.1f} us (x{anchor / us:.2f} faster)" if anchor else "")
+        + (f"  target {row['target_us']}" if row["target_us"] else "")
+        + (f"  {note}" if note else ""),
+        flush=True,
+    )
     return row
 
 
@@ -94,10 +109,14 @@ def scan_inputs(batch, dim, seqlen, dstate, device="cuda"):
     bf = dict(device=device, dtype=torch.bfloat16)
     dt0 = torch.exp(torch.rand(dim, device=device) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
     return dict(
-        u=torch.randn(batch, dim, seqlen, **bf), delta=0.5 * torch.randn(batch, dim, seqlen, **bf),
-        A=-torch.arange(1, dstate + 1, device=device, dtype=torch.float32).repeat(dim, 1) * (0.5 + torch.rand(dim, 1, device=device)),
-        B=torch.randn(batch, dstate, seqlen, **bf), C=torch.randn(batch, dstate, seqlen, **bf),
-        D=torch.randn(dim, device=device), z=torch.randn(batch, dim, seqlen, **bf),
+        u=torch.randn(batch, dim, seqlen, **bf),
+        delta=0.5 * torch.randn(batch, dim, seqlen, **bf),
+        A=-torch.arange(1, dstate + 1, device=device, dtype=torch.float32).repeat(dim, 1)
+        * (0.5 + torch.rand(dim, 1, device=device)),
+        B=torch.randn(batch, dstate, seqlen, **bf),
+        C=torch.randn(batch, dstate, seqlen, **bf),
+        D=torch.randn(dim, device=device),
+        z=torch.randn(batch, dim, seqlen, **bf),
         delta_bias=dt0 + torch.log(-torch.expm1(-dt0)),  # inverse softplus, as mamba's dt init
     )
 
@@ -105,7 +124,10 @@ def scan_inputs(batch, dim, seqlen, dstate, device="cuda"):
 def scan_check(inputs, channels=None, grads=True):
     """Relative errors (out, and the gradients) against the fp32 chunked reference, optionally on a channel slice."""
     sl = slice(None) if channels is None else slice(0, channels)
-    sub = {k: (v[:, sl] if k in ("u", "delta", "z") else v[sl] if k in ("A", "D", "delta_bias") else v) for k, v in inputs.items()}
+    sub = {
+        k: (v[:, sl] if k in ("u", "delta", "z") else v[sl] if k in ("A", "D", "delta_bias") else v)
+        for k, v in inputs.items()
+    }
     dout = torch.randn_like(sub["u"])
     leaves = {k: v.clone().requires_grad_(grads) for k, v in sub.items()}
     out = scan.selective_scan(**leaves, delta_softplus=True)
@@ -147,7 +169,6 @@ def bench_scan(shape, *, fwd_bwd=True, check_grads=False, check_channels=None, c
             scan.DBC_REDUCTION = "atomics"
             record("scan fwd+bwd", shape, "triton dB/dC atomics", bench(step), moved, note="dB/dC by fp32 atomics")
             scan.DBC_REDUCTION = "partials"
-    del inputs
     torch.cuda.empty_cache()
 
 
@@ -198,7 +219,9 @@ def bench_conv(shape, width=4, *, fwd=True):
     moved = nbytes(x, w, b, out)
     if fwd:
         with torch.no_grad():
-            record("conv fwd", shape, "triton", bench(lambda: conv.causal_conv1d(x, w, b, activation="silu")), moved, err)
+            record(
+                "conv fwd", shape, "triton", bench(lambda: conv.causal_conv1d(x, w, b, activation="silu")), moved, err
+            )
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]
 
     def step(fn):
@@ -206,7 +229,9 @@ def bench_conv(shape, width=4, *, fwd=True):
         return torch.autograd.grad(o, leaves, dout)
 
     g = step(conv.causal_conv1d)
-    gr = torch.autograd.grad(conv_ref.causal_conv1d(*[t.float() for t in leaves], activation="silu"), leaves, dout.float())
+    gr = torch.autograd.grad(
+        conv_ref.causal_conv1d(*[t.float() for t in leaves], activation="silu"), leaves, dout.float()
+    )
     gerr = max(rel_err(a, c) for a, c in zip(g, gr))
     moved_fb = moved + nbytes(x, w, b, dout) + nbytes(x, w, b)
     record("conv fwd+bwd", shape, "triton", bench(lambda: step(conv.causal_conv1d)), moved_fb, max(err, gerr))
@@ -221,11 +246,22 @@ def bench_norm(rows=16384, hidden=1536):
     ref_out, _ = norm_ref.rms_norm(x.float(), w, None, res, **kw)
     moved = nbytes(x, res, w, out, new_res)
     with torch.no_grad():
-        record("rms_norm fwd", (rows, hidden), "triton", bench(lambda: fused.rms_norm(x, w, None, res, **kw)), moved, rel_err(out, ref_out))
-        record("rms_norm fwd", (rows, hidden), "torch ref", bench(lambda: norm_ref.rms_norm(x, w, None, res, **kw)), moved)
+        record(
+            "rms_norm fwd",
+            (rows, hidden),
+            "triton",
+            bench(lambda: fused.rms_norm(x, w, None, res, **kw)),
+            moved,
+            rel_err(out, ref_out),
+        )
+        record(
+            "rms_norm fwd", (rows, hidden), "torch ref", bench(lambda: norm_ref.rms_norm(x, w, None, res, **kw)), moved
+        )
         compiled = torch.compile(norm_ref.rms_norm)
         compiled(x, w, None, res, **kw)
-        record("rms_norm fwd", (rows, hidden), "torch.compile ref", bench(lambda: compiled(x, w, None, res, **kw)), moved)
+        record(
+            "rms_norm fwd", (rows, hidden), "torch.compile ref", bench(lambda: compiled(x, w, None, res, **kw)), moved
+        )
     leaves = [t.clone().requires_grad_() for t in (x, w, res)]
     dout, dres = torch.randn_like(x), torch.randn_like(res)
 
@@ -245,16 +281,45 @@ def bench_decode(batch=64, dim=1536, dstate=16, width=4):
     B, C = (torch.randn(batch, dstate, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     D, dt_bias = torch.randn(dim, device="cuda"), torch.randn(dim, device="cuda")
     s1, s2 = state.clone(), state.clone()
-    err = rel_err(scan_step.selective_state_update(s1, x, dt, A, B, C, D, z, dt_bias, dt_softplus=True),
-                  scan_ref.selective_state_update(s2, x.float(), dt.float(), A, B.float(), C.float(), D, z.float(), dt_bias, dt_softplus=True))
+    err = rel_err(
+        scan_step.selective_state_update(s1, x, dt, A, B, C, D, z, dt_bias, dt_softplus=True),
+        scan_ref.selective_state_update(
+            s2, x.float(), dt.float(), A, B.float(), C.float(), D, z.float(), dt_bias, dt_softplus=True
+        ),
+    )
     moved = 2 * nbytes(state) + nbytes(x, dt, z, A, B, C, D, dt_bias) + nbytes(x)
-    record("state_update", (batch, dim, dstate), "triton", bench(lambda: scan_step.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus=True)), moved, err)
-    record("state_update", (batch, dim, dstate), "torch ref", bench(lambda: scan_ref.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus=True)), moved)
+    record(
+        "state_update",
+        (batch, dim, dstate),
+        "triton",
+        bench(lambda: scan_step.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus=True)),
+        moved,
+        err,
+    )
+    record(
+        "state_update",
+        (batch, dim, dstate),
+        "torch ref",
+        bench(lambda: scan_ref.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus=True)),
+        moved,
+    )
     cs = torch.randn(batch, dim, width, device="cuda", dtype=torch.bfloat16)
     w, b = torch.randn(dim, width, device="cuda"), torch.randn(dim, device="cuda")
     moved = 2 * nbytes(cs) + nbytes(x, w, b, x)
-    record("conv_update", (batch, dim, width), "triton", bench(lambda: conv_step.causal_conv1d_update(x, cs, w, b, activation="silu")), moved)
-    record("conv_update", (batch, dim, width), "torch ref", bench(lambda: conv_ref.causal_conv1d_update(x, cs, w, b, activation="silu")), moved)
+    record(
+        "conv_update",
+        (batch, dim, width),
+        "triton",
+        bench(lambda: conv_step.causal_conv1d_update(x, cs, w, b, activation="silu")),
+        moved,
+    )
+    record(
+        "conv_update",
+        (batch, dim, width),
+        "torch ref",
+        bench(lambda: conv_ref.causal_conv1d_update(x, cs, w, b, activation="silu")),
+        moved,
+    )
 
 
 def sweep_scan(shape=(8, 1536, 2048, 16)):
@@ -276,7 +341,10 @@ def sweep_scan(shape=(8, 1536, 2048, 16)):
                             us = bench(lambda: scan.selective_scan(**inputs, delta_softplus=True), rep=50)
                     else:
                         out = scan.selective_scan(**leaves, delta_softplus=True)
-                        us = bench(lambda: torch.autograd.grad(out, list(leaves.values()), dout, retain_graph=True), rep=50)
+                        us = bench(
+                            lambda out=out: torch.autograd.grad(out, list(leaves.values()), dout, retain_graph=True),
+                            rep=50,
+                        )
                         del out
                 except Exception as err:  # a shape that does not compile (registers, shared memory) is skipped
                     print(f"sweep {kind} BL={block_l} BD={block_d} w={warps}: failed {type(err).__name__}", flush=True)
@@ -285,10 +353,14 @@ def sweep_scan(shape=(8, 1536, 2048, 16)):
                 cfg = dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
                 if (kind, block_l) not in best or us < best[(kind, block_l)][0]:
                     best[(kind, block_l)] = (us, cfg)
-                ROWS.append(dict(op=f"sweep scan {kind}", shape=list(shape), impl="triton", us=round(us, 1), note=str(cfg)))
+                ROWS.append(
+                    dict(op=f"sweep scan {kind}", shape=list(shape), impl="triton", us=round(us, 1), note=str(cfg))
+                )
             if (kind, block_l) in best:  # the backward is timed with the best forward of its BLOCK_L
                 scan.CONFIGS[kind][dstate] = best[(kind, block_l)][1]
-    totals = {bl: best[("fwd", bl)][0] + best[("bwd", bl)][0] for bl in (4, 8) if ("fwd", bl) in best and ("bwd", bl) in best}
+    totals = {
+        bl: best[("fwd", bl)][0] + best[("bwd", bl)][0] for bl in (4, 8) if ("fwd", bl) in best and ("bwd", bl) in best
+    }
     block_l = min(totals, key=totals.get)
     scan.CONFIGS["fwd"][dstate] = best[("fwd", block_l)][1]
     scan.CONFIGS["bwd"][dstate] = best[("bwd", block_l)][1]
@@ -310,10 +382,18 @@ def sweep_conv(shape=(8, 1536, 2048), width=4):
                     us = bench(lambda: conv.causal_conv1d(x, w, b, activation="silu"), rep=50)
             else:
                 out = conv.causal_conv1d(x, w, b, activation="silu")
-                us = bench(lambda: torch.autograd.grad(out, (x, w, b), dout, retain_graph=True), rep=50)
+                us = bench(lambda out=out: torch.autograd.grad(out, (x, w, b), dout, retain_graph=True), rep=50)
             print(f"sweep conv {kind} BLOCK_D={block_d} BLOCK_L={block_l} warps={warps}: {us:.1f} us", flush=True)
             results.append((us, dict(conv.CONFIGS[kind])))
-            ROWS.append(dict(op=f"sweep conv {kind}", shape=list(shape), impl="triton", us=round(us, 1), note=str(conv.CONFIGS[kind])))
+            ROWS.append(
+                dict(
+                    op=f"sweep conv {kind}",
+                    shape=list(shape),
+                    impl="triton",
+                    us=round(us, 1),
+                    note=str(conv.CONFIGS[kind]),
+                )
+            )
         conv.CONFIGS[kind] = min(results, key=lambda r: r[0])[1]
     print(f"sweep best: conv {conv.CONFIGS}", flush=True)
 
@@ -321,21 +401,41 @@ def sweep_conv(shape=(8, 1536, 2048), width=4):
 def write_results(args, quiet=False):
     gpu = torch.cuda.get_device_name()
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
-    meta = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-                date=time.strftime("%Y-%m-%d %H:%M:%S"), scan_configs=scan.CONFIGS, conv_configs=conv.CONFIGS)
+    meta = dict(
+        gpu=gpu,
+        torch=torch.__version__,
+        triton=triton.__version__,
+        python=platform.python_version(),
+        date=time.strftime("%Y-%m-%d %H:%M:%S"),
+        scan_configs=scan.CONFIGS,
+        conv_configs=conv.CONFIGS,
+    )
     results = dict(meta=meta, rows=ROWS)
-    lines = [f"# Kernel benchmarks on {gpu}", "",
-             f"torch {torch.__version__}, triton {triton.__version__}; `python benchmarks/kernels.py`; "
-             "median of triton.testing.do_bench; TB/s counts each input read once and each output written once; "
-             "anchors are mamba-ssm 2.3.2 / causal-conv1d 1.7.0 on an H100 (PERFORMANCE.md).", "",
-             "| op | shape | impl | time (us) | TB/s | rel err | anchor (us) | anchor / ours | target (us) | note |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Kernel benchmarks on {gpu}",
+        "",
+        f"torch {torch.__version__}, triton {triton.__version__}; `python benchmarks/kernels.py`; "
+        "median of triton.testing.do_bench; TB/s counts each input read once and each output written once; "
+        "anchors are mamba-ssm 2.3.2 / causal-conv1d 1.7.0 on an H100 (PERFORMANCE.md).",
+        "",
+        "| op | shape | impl | time (us) | TB/s | rel err | anchor (us) | anchor / ours | target (us) | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in ROWS:
         if r["op"].startswith("sweep"):
             continue
-        cells = [r["op"], str(tuple(r["shape"])), r["impl"], f"{r['us']:.1f}", r.get("tb_s") or "",
-                 f"{r['rel_err']:.1e}" if r.get("rel_err") is not None else "", r.get("anchor_us") or "",
-                 r.get("vs_anchor") or "", r.get("target_us") or "", r.get("note") or ""]
+        cells = [
+            r["op"],
+            str(tuple(r["shape"])),
+            r["impl"],
+            f"{r['us']:.1f}",
+            r.get("tb_s") or "",
+            f"{r['rel_err']:.1e}" if r.get("rel_err") is not None else "",
+            r.get("anchor_us") or "",
+            r.get("vs_anchor") or "",
+            r.get("target_us") or "",
+            r.get("note") or "",
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     text = "\n".join(lines) + "\n"
     dirs = [Path(__file__).resolve().parent / "results"] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])

@@ -47,10 +47,24 @@ def _load_xp(x_rows, init_rows, p, seqlen, mask_d, WIDTH: tl.constexpr, HAS_INIT
 
 @triton.jit
 def _causal_conv1d_fwd_kernel(
-    x_ptr, w_ptr, bias_ptr, init_ptr, out_ptr,
-    dim, seqlen, stride_x_b, stride_x_d, stride_w_d, stride_init_b, stride_init_d,
-    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    init_ptr,
+    out_ptr,
+    dim,
+    seqlen,
+    stride_x_b,
+    stride_x_d,
+    stride_w_d,
+    stride_init_b,
+    stride_init_d,
+    WIDTH: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_INITIAL_STATE: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -76,11 +90,33 @@ def _causal_conv1d_fwd_kernel(
 
 @triton.jit
 def _causal_conv1d_bwd_kernel(
-    dout_ptr, dfinal_ptr, x_ptr, w_ptr, bias_ptr, init_ptr,
-    dx_ptr, dw_ptr, dbias_ptr, dinit_ptr,
-    dim, seqlen, stride_x_b, stride_x_d, stride_w_d, stride_init_b, stride_init_d, stride_dout_b, stride_dout_d,
-    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr, HAS_DFINAL: tl.constexpr,
-    SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_W: tl.constexpr,
+    dout_ptr,
+    dfinal_ptr,
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    init_ptr,
+    dx_ptr,
+    dw_ptr,
+    dbias_ptr,
+    dinit_ptr,
+    dim,
+    seqlen,
+    stride_x_b,
+    stride_x_d,
+    stride_w_d,
+    stride_init_b,
+    stride_init_d,
+    stride_dout_b,
+    stride_dout_d,
+    WIDTH: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_INITIAL_STATE: tl.constexpr,
+    HAS_DFINAL: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_W: tl.constexpr,
 ):
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -109,7 +145,9 @@ def _causal_conv1d_bwd_kernel(
                 pre += bias[:, None]
             for j in tl.static_range(WIDTH):
                 w_j = tl.load(w_ptr + offs_d64 * stride_w_d + j, mask=mask_d, other=0.0).to(tl.float32)
-                pre += w_j[:, None] * _load_xp(x_rows, init_rows, s - (WIDTH - 1) + j, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
+                pre += w_j[:, None] * _load_xp(
+                    x_rows, init_rows, s - (WIDTH - 1) + j, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE
+                )
             sig = tl.sigmoid(pre)
             dpre = dpre * sig * (1.0 + pre * (1.0 - sig))
         w_k = tl.load(w_ptr + offs_d64 * stride_w_d + k, mask=mask_d, other=0.0).to(tl.float32)
@@ -128,11 +166,18 @@ def _causal_conv1d_bwd_kernel(
         dx += tl.load(dfin_rows + j[None, :], mask=mask_f, other=0.0).to(tl.float32)
 
     dx_rows = dx_ptr + pid_b * dim * seqlen + offs_d64[:, None] * seqlen
-    tl.store(dx_rows + t[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask_d[:, None] & ((t >= 0) & (t < seqlen))[None, :])
+    tl.store(
+        dx_rows + t[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask_d[:, None] & ((t >= 0) & (t < seqlen))[None, :]
+    )
     if HAS_INITIAL_STATE:
         dinit_rows = dinit_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1) + (WIDTH - 1)
         tl.store(dinit_rows + t[None, :], dx, mask=mask_d[:, None] & (t < 0)[None, :])
-    tl.atomic_add(dw_ptr + offs_d64[:, None] * WIDTH + offs_w[None, :], dw, mask=mask_d[:, None] & (offs_w < WIDTH)[None, :], sem="relaxed")
+    tl.atomic_add(
+        dw_ptr + offs_d64[:, None] * WIDTH + offs_w[None, :],
+        dw,
+        mask=mask_d[:, None] & (offs_w < WIDTH)[None, :],
+        sem="relaxed",
+    )
     if HAS_BIAS:
         tl.atomic_add(dbias_ptr + offs_d, dbias, mask=mask_d, sem="relaxed")
 
@@ -160,9 +205,22 @@ def _causal_conv1d_fwd(x, weight, bias, initial_state, silu, return_final_state)
         init_strides = (initial_state.stride(0), initial_state.stride(1)) if initial_state is not None else (0, 0)
         grid = (triton.cdiv(seqlen, cfg["BLOCK_L"]), triton.cdiv(dim, cfg["BLOCK_D"]), batch)
         _causal_conv1d_fwd_kernel[grid](
-            x, weight, bias, initial_state, out,
-            dim, seqlen, x.stride(0), x.stride(1), weight.stride(0), *init_strides,
-            WIDTH=width, HAS_BIAS=bias is not None, HAS_INITIAL_STATE=initial_state is not None, SILU=silu, **cfg,
+            x,
+            weight,
+            bias,
+            initial_state,
+            out,
+            dim,
+            seqlen,
+            x.stride(0),
+            x.stride(1),
+            weight.stride(0),
+            *init_strides,
+            WIDTH=width,
+            HAS_BIAS=bias is not None,
+            HAS_INITIAL_STATE=initial_state is not None,
+            SILU=silu,
+            **cfg,
         )
     final = _final_state(x, initial_state, width) if return_final_state else x.new_empty(0)
     return out, final
@@ -183,11 +241,31 @@ def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
     init_strides = (init.stride(0), init.stride(1)) if init is not None else (0, 0)
     grid = (triton.cdiv(seqlen + width - 1, cfg["BLOCK_L"]), triton.cdiv(dim, cfg["BLOCK_D"]), batch)
     _causal_conv1d_bwd_kernel[grid](
-        dout, dfinal, x, weight, bias, init,
-        dx, dw, dbias, dinit,
-        dim, seqlen, x.stride(0), x.stride(1), weight.stride(0), *init_strides, dout.stride(0), dout.stride(1),
-        WIDTH=width, HAS_BIAS=bias is not None, HAS_INITIAL_STATE=init is not None, HAS_DFINAL=dfinal is not None,
-        SILU=silu, BLOCK_W=triton.next_power_of_2(width), **cfg,
+        dout,
+        dfinal,
+        x,
+        weight,
+        bias,
+        init,
+        dx,
+        dw,
+        dbias,
+        dinit,
+        dim,
+        seqlen,
+        x.stride(0),
+        x.stride(1),
+        weight.stride(0),
+        *init_strides,
+        dout.stride(0),
+        dout.stride(1),
+        WIDTH=width,
+        HAS_BIAS=bias is not None,
+        HAS_INITIAL_STATE=init is not None,
+        HAS_DFINAL=dfinal is not None,
+        SILU=silu,
+        BLOCK_W=triton.next_power_of_2(width),
+        **cfg,
     )
     return (
         dx,
@@ -199,8 +277,12 @@ def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
 
 @torch.library.custom_op("mambalab::causal_conv1d_fwd", mutates_args=())
 def _causal_conv1d_fwd_op(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, initial_state: torch.Tensor | None,
-    silu: bool, return_final_state: bool,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    silu: bool,
+    return_final_state: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _causal_conv1d_fwd(x, weight, bias, initial_state, silu, return_final_state)
 
@@ -214,8 +296,13 @@ def _(x, weight, bias, initial_state, silu, return_final_state):
 
 @torch.library.custom_op("mambalab::causal_conv1d_bwd", mutates_args=())
 def _causal_conv1d_bwd_op(
-    dout: torch.Tensor, dfinal: torch.Tensor | None, x: torch.Tensor, weight: torch.Tensor,
-    bias: torch.Tensor | None, initial_state: torch.Tensor | None, silu: bool,
+    dout: torch.Tensor,
+    dfinal: torch.Tensor | None,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    silu: bool,
 ) -> list[torch.Tensor]:
     grads = _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu)
     return [g if g is not None else x.new_empty(0) for g in grads]
@@ -230,7 +317,9 @@ def _(dout, dfinal, x, weight, bias, initial_state, silu):
 class _CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, initial_state, silu, return_final_state):
-        out, final = call_op("causal_conv1d_fwd", _causal_conv1d_fwd, x, weight, bias, initial_state, silu, return_final_state)
+        out, final = call_op(
+            "causal_conv1d_fwd", _causal_conv1d_fwd, x, weight, bias, initial_state, silu, return_final_state
+        )
         ctx.save_for_backward(x, weight, bias, initial_state)
         ctx.silu = silu
         ctx.return_final_state = return_final_state

@@ -22,10 +22,22 @@ __all__ = ["causal_conv1d_update"]
 
 @triton.jit
 def _causal_conv1d_update_kernel(
-    x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr,
-    dim, state_len, stride_x_b, stride_state_b, stride_state_d, stride_w_d,
-    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    x_ptr,
+    state_ptr,
+    w_ptr,
+    bias_ptr,
+    out_ptr,
+    dim,
+    state_len,
+    stride_x_b,
+    stride_state_b,
+    stride_state_d,
+    stride_w_d,
+    WIDTH: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -45,7 +57,9 @@ def _causal_conv1d_update_kernel(
     old = tl.load(rows + offs_s[None, :], mask=mask_d[:, None] & (offs_s < state_len)[None, :], other=0.0)
     k = offs_s - (state_len - (WIDTH - 1))  # [BLOCK_S], tap index of each old column (negative: outside)
     in_window = (k >= 0) & (offs_s < state_len)
-    w = tl.load(w_ptr + offs_d64[:, None] * stride_w_d + k[None, :], mask=mask_d[:, None] & in_window[None, :], other=0.0)
+    w = tl.load(
+        w_ptr + offs_d64[:, None] * stride_w_d + k[None, :], mask=mask_d[:, None] & in_window[None, :], other=0.0
+    )
     w_last = tl.load(w_ptr + offs_d64 * stride_w_d + (WIDTH - 1), mask=mask_d, other=0.0).to(tl.float32)
     y = tl.sum(old.to(tl.float32) * w.to(tl.float32), axis=1) + w_last * x.to(tl.float32)  # [BLOCK_D]
     if HAS_BIAS:
@@ -81,9 +95,22 @@ def causal_conv1d_update(
     out = empty(batch, dim, device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(dim, block_d), batch)
     _causal_conv1d_update_kernel[grid](
-        x, conv_state, weight, bias, out,
-        dim, state_len, x.stride(0), conv_state.stride(0), conv_state.stride(1), weight.stride(0),
-        WIDTH=width, HAS_BIAS=bias is not None, SILU=activation in ("silu", "swish"),
-        BLOCK_D=block_d, BLOCK_S=block_s, num_warps=4,
+        x,
+        conv_state,
+        weight,
+        bias,
+        out,
+        dim,
+        state_len,
+        x.stride(0),
+        conv_state.stride(0),
+        conv_state.stride(1),
+        weight.stride(0),
+        WIDTH=width,
+        HAS_BIAS=bias is not None,
+        SILU=activation in ("silu", "swish"),
+        BLOCK_D=block_d,
+        BLOCK_S=block_s,
+        num_warps=4,
     )
     return out

@@ -30,9 +30,24 @@ __all__ = ["layer_norm", "rms_norm"]
 
 @triton.jit
 def _add_norm_fwd_kernel(
-    x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, mean_ptr, rstd_ptr,
-    hidden, eps, stride_x, stride_res, stride_out, stride_res_out,
-    IS_RMS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_RESIDUAL: tl.constexpr,
+    x_ptr,
+    res_ptr,
+    w_ptr,
+    b_ptr,
+    out_ptr,
+    res_out_ptr,
+    mean_ptr,
+    rstd_ptr,
+    hidden,
+    eps,
+    stride_x,
+    stride_res,
+    stride_out,
+    stride_res_out,
+    IS_RMS_NORM: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    STORE_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -59,11 +74,28 @@ def _add_norm_fwd_kernel(
 
 @triton.jit
 def _add_norm_bwd_kernel(
-    dout_ptr, dres_out_ptr, x_ptr, res_ptr, w_ptr, mean_ptr, rstd_ptr,
-    dx_ptr, dres_ptr, dw_ptr, db_ptr,
-    rows, hidden, rows_per_program,
-    stride_dout, stride_dres_out, stride_x, stride_res,
-    IS_RMS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DRES_OUT: tl.constexpr,
+    dout_ptr,
+    dres_out_ptr,
+    x_ptr,
+    res_ptr,
+    w_ptr,
+    mean_ptr,
+    rstd_ptr,
+    dx_ptr,
+    dres_ptr,
+    dw_ptr,
+    db_ptr,
+    rows,
+    hidden,
+    rows_per_program,
+    stride_dout,
+    stride_dres_out,
+    stride_x,
+    stride_res,
+    IS_RMS_NORM: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_DRES_OUT: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -149,10 +181,26 @@ def _add_norm_fwd(x, weight, bias, residual, eps, is_rms_norm, prenorm, residual
     if rows:
         block_n = triton.next_power_of_2(hidden)
         _add_norm_fwd_kernel[(rows,)](
-            x2, res2, weight, bias, out, res_out, mean, rstd,
-            hidden, eps, x2.stride(0), res2.stride(0) if res2 is not None else 0, out.stride(0), hidden,
-            IS_RMS_NORM=is_rms_norm, HAS_RESIDUAL=res2 is not None, HAS_BIAS=bias is not None, STORE_RESIDUAL=prenorm,
-            BLOCK_N=block_n, num_warps=_num_warps(block_n),
+            x2,
+            res2,
+            weight,
+            bias,
+            out,
+            res_out,
+            mean,
+            rstd,
+            hidden,
+            eps,
+            x2.stride(0),
+            res2.stride(0) if res2 is not None else 0,
+            out.stride(0),
+            hidden,
+            IS_RMS_NORM=is_rms_norm,
+            HAS_RESIDUAL=res2 is not None,
+            HAS_BIAS=bias is not None,
+            STORE_RESIDUAL=prenorm,
+            BLOCK_N=block_n,
+            num_warps=_num_warps(block_n),
         )
     return out.view(shape), res_out.view(shape if prenorm else (0,)), mean, rstd
 
@@ -175,13 +223,30 @@ def _add_norm_bwd(dout, dres_out, x, weight, bias, residual, mean, rstd, is_rms_
     if rows:
         block_n = triton.next_power_of_2(hidden)
         _add_norm_bwd_kernel[(n_programs,)](
-            dout2, dres2, x2, res2, weight, mean, rstd,
-            dx, dres, dw, db,
-            rows, hidden, triton.cdiv(rows, n_programs),
-            dout2.stride(0), dres2.stride(0) if dres2 is not None else 0, x2.stride(0),
+            dout2,
+            dres2,
+            x2,
+            res2,
+            weight,
+            mean,
+            rstd,
+            dx,
+            dres,
+            dw,
+            db,
+            rows,
+            hidden,
+            triton.cdiv(rows, n_programs),
+            dout2.stride(0),
+            dres2.stride(0) if dres2 is not None else 0,
+            x2.stride(0),
             res2.stride(0) if res2 is not None else 0,
-            IS_RMS_NORM=is_rms_norm, HAS_RESIDUAL=res2 is not None, HAS_BIAS=bias is not None,
-            HAS_DRES_OUT=dres2 is not None, BLOCK_N=block_n, num_warps=_num_warps(block_n),
+            IS_RMS_NORM=is_rms_norm,
+            HAS_RESIDUAL=res2 is not None,
+            HAS_BIAS=bias is not None,
+            HAS_DRES_OUT=dres2 is not None,
+            BLOCK_N=block_n,
+            num_warps=_num_warps(block_n),
         )
     return (
         dx.view(shape),
@@ -193,8 +258,14 @@ def _add_norm_bwd(dout, dres_out, x, weight, bias, residual, mean, rstd, is_rms_
 
 @torch.library.custom_op("mambalab::add_norm_fwd", mutates_args=())
 def _add_norm_fwd_op(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
-    eps: float, is_rms_norm: bool, prenorm: bool, residual_in_fp32: bool,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    eps: float,
+    is_rms_norm: bool,
+    prenorm: bool,
+    residual_in_fp32: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _add_norm_fwd(x, weight, bias, residual, eps, is_rms_norm, prenorm, residual_in_fp32)
 
@@ -214,8 +285,14 @@ def _(x, weight, bias, residual, eps, is_rms_norm, prenorm, residual_in_fp32):
 
 @torch.library.custom_op("mambalab::add_norm_bwd", mutates_args=())
 def _add_norm_bwd_op(
-    dout: torch.Tensor, dres_out: torch.Tensor | None, x: torch.Tensor, weight: torch.Tensor,
-    bias: torch.Tensor | None, residual: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
+    dout: torch.Tensor,
+    dres_out: torch.Tensor | None,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
     is_rms_norm: bool,
 ) -> list[torch.Tensor]:
     grads = _add_norm_bwd(dout, dres_out, x, weight, bias, residual, mean, rstd, is_rms_norm)
@@ -255,7 +332,9 @@ def _add_norm(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         out, res_out = _AddNormFn.apply(*tensors, eps, is_rms_norm, prenorm, residual_in_fp32)
     else:
-        out, res_out, _, _ = call_op("add_norm_fwd", _add_norm_fwd, *tensors, eps, is_rms_norm, prenorm, residual_in_fp32)
+        out, res_out, _, _ = call_op(
+            "add_norm_fwd", _add_norm_fwd, *tensors, eps, is_rms_norm, prenorm, residual_in_fp32
+        )
     return (out, res_out) if prenorm else out
 
 

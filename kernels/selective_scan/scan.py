@@ -93,15 +93,48 @@ def _softplus(x):
 
 @triton.jit
 def _selective_scan_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, init_ptr,
-    out_ptr, last_state_ptr, states_ptr,
-    dim, dstate, seqlen, n_chunks, channels_per_group,
-    stride_u_b, stride_u_d, stride_delta_b, stride_delta_d, stride_z_b, stride_z_d,
-    stride_A_d, stride_B_b, stride_B_g, stride_B_n, stride_C_b, stride_C_g, stride_C_n,
-    stride_init_b, stride_init_d,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr,
-    DELTA_SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr, TIME_IN_THREAD: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    u_ptr,
+    delta_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    delta_bias_ptr,
+    init_ptr,
+    out_ptr,
+    last_state_ptr,
+    states_ptr,
+    dim,
+    dstate,
+    seqlen,
+    n_chunks,
+    channels_per_group,
+    stride_u_b,
+    stride_u_d,
+    stride_delta_b,
+    stride_delta_d,
+    stride_z_b,
+    stride_z_d,
+    stride_A_d,
+    stride_B_b,
+    stride_B_g,
+    stride_B_n,
+    stride_C_b,
+    stride_C_g,
+    stride_C_n,
+    stride_init_b,
+    stride_init_d,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_DELTA_BIAS: tl.constexpr,
+    HAS_INITIAL_STATE: tl.constexpr,
+    DELTA_SOFTPLUS: tl.constexpr,
+    SAVE_STATES: tl.constexpr,
+    TIME_IN_THREAD: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     # Tiles are time-major, [BLOCK_L, BLOCK_N, BLOCK_D]: the channels are the fastest axis, so threads spread over
     # channels and states and each thread holds all BLOCK_L steps of its (state, channel) pairs; the scan over time
@@ -179,15 +212,60 @@ def _selective_scan_fwd_kernel(
 
 @triton.jit
 def _selective_scan_bwd_kernel(
-    dout_ptr, dlast_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, states_ptr,
-    du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, ddelta_bias_ptr, dinit_ptr,
-    dim, dstate, seqlen, n_chunks, channels_per_group, groups, batch, parts_per_group,
-    stride_u_b, stride_u_d, stride_delta_b, stride_delta_d, stride_z_b, stride_z_d,
-    stride_A_d, stride_B_b, stride_B_g, stride_B_n, stride_C_b, stride_C_g, stride_C_n,
-    stride_dout_b, stride_dout_d,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
-    HAS_INITIAL_STATE: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr, TIME_IN_THREAD: tl.constexpr,
-    DBC_PARTIALS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    dout_ptr,
+    dlast_ptr,
+    u_ptr,
+    delta_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    delta_bias_ptr,
+    states_ptr,
+    du_ptr,
+    ddelta_ptr,
+    dA_ptr,
+    dB_ptr,
+    dC_ptr,
+    dD_ptr,
+    dz_ptr,
+    ddelta_bias_ptr,
+    dinit_ptr,
+    dim,
+    dstate,
+    seqlen,
+    n_chunks,
+    channels_per_group,
+    groups,
+    batch,
+    parts_per_group,
+    stride_u_b,
+    stride_u_d,
+    stride_delta_b,
+    stride_delta_d,
+    stride_z_b,
+    stride_z_d,
+    stride_A_d,
+    stride_B_b,
+    stride_B_g,
+    stride_B_n,
+    stride_C_b,
+    stride_C_g,
+    stride_C_n,
+    stride_dout_b,
+    stride_dout_d,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_DELTA_BIAS: tl.constexpr,
+    HAS_DLAST: tl.constexpr,
+    HAS_INITIAL_STATE: tl.constexpr,
+    DELTA_SOFTPLUS: tl.constexpr,
+    TIME_IN_THREAD: tl.constexpr,
+    DBC_PARTIALS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     # Same time-major tiles as the forward: [BLOCK_L, BLOCK_N, BLOCK_D].
     pid_d = tl.program_id(0)
@@ -221,7 +299,9 @@ def _selective_scan_bwd_kernel(
         part = (pid_d % parts_per_group).to(tl.int64)
         dBC_cols = (((part * batch + pid_b) * groups + group) * dstate + offs_n[None, :]) * seqlen
     else:
-        dBC_cols = ((pid_b * groups + group) * dstate + offs_n[None, :]) * seqlen  # fp32 (batch, groups, dstate, seqlen)
+        dBC_cols = (
+            (pid_b * groups + group) * dstate + offs_n[None, :]
+        ) * seqlen  # fp32 (batch, groups, dstate, seqlen)
     state_offs = (pid_b * dim + offs_d64[None, :]) * dstate + offs_n[:, None]  # [BLOCK_N, BLOCK_D]
 
     if HAS_DLAST:
@@ -282,9 +362,7 @@ def _selective_scan_bwd_kernel(
         # Adjoint: reverse scan over (a[t+1], C[t] * dy[t]), then the carry from the next chunk.
         decay_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])  # [BLOCK_L, BLOCK_N, BLOCK_D]
         x = dy[:, None, :] * Ct[:, :, None]  # [BLOCK_L, BLOCK_N, BLOCK_D]
-        run_decay_next, run_x = tl.associative_scan(
-            (decay_next, x), axis=0, combine_fn=_scan_combine, reverse=True
-        )
+        run_decay_next, run_x = tl.associative_scan((decay_next, x), axis=0, combine_fn=_scan_combine, reverse=True)
         g = run_x + run_decay_next * g_next[None, :, :]  # [BLOCK_L, BLOCK_N, BLOCK_D]
         if TIME_IN_THREAD:
             g_next = tl.reduce(g, 0, _pick_first)  # [BLOCK_N, BLOCK_D], dL/dh at the chunk's start
@@ -395,15 +473,46 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     init_strides = (initial_state.stride(0), initial_state.stride(1)) if initial_state is not None else (0, 0)
     grid = (triton.cdiv(dim, block_d), batch)
     _selective_scan_fwd_kernel[grid](
-        u, delta, A, B, C, D, z, delta_bias, initial_state,
-        out, last_state, states,
-        dim, dstate, seqlen, n_chunks, dim // groups,
-        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *z_strides,
-        A.stride(0), sBb, sBg, sBn, sCb, sCg, sCn, *init_strides,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
-        HAS_INITIAL_STATE=initial_state is not None, DELTA_SOFTPLUS=delta_softplus, SAVE_STATES=save_states,
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        z,
+        delta_bias,
+        initial_state,
+        out,
+        last_state,
+        states,
+        dim,
+        dstate,
+        seqlen,
+        n_chunks,
+        dim // groups,
+        u.stride(0),
+        u.stride(1),
+        delta.stride(0),
+        delta.stride(1),
+        *z_strides,
+        A.stride(0),
+        sBb,
+        sBg,
+        sBn,
+        sCb,
+        sCg,
+        sCn,
+        *init_strides,
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_DELTA_BIAS=delta_bias is not None,
+        HAS_INITIAL_STATE=initial_state is not None,
+        DELTA_SOFTPLUS=delta_softplus,
+        SAVE_STATES=save_states,
         TIME_IN_THREAD=time_in_thread,
-        BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(dstate), **cfg,
+        BLOCK_D=block_d,
+        BLOCK_N=triton.next_power_of_2(dstate),
+        **cfg,
     )
     return out, last_state, states
 
@@ -422,7 +531,9 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
     cfg["num_warps"], time_in_thread = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
     n_chunks = states.shape[2]
     parts_per_group = triton.cdiv(dim // groups, block_d)
-    partials = DBC_REDUCTION == "partials" and 8 * parts_per_group * batch * groups * dstate * seqlen <= PARTIALS_MAX_BYTES
+    partials = (
+        DBC_REDUCTION == "partials" and 8 * parts_per_group * batch * groups * dstate * seqlen <= PARTIALS_MAX_BYTES
+    )
     f32 = dict(device=u.device, dtype=torch.float32)
     du = empty(*u.shape, device=u.device, dtype=u.dtype)
     ddelta = empty(*delta.shape, device=u.device, dtype=delta.dtype)
@@ -441,14 +552,59 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
         z_strides = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
         grid = (triton.cdiv(dim, block_d), batch)
         _selective_scan_bwd_kernel[grid](
-            dout, dlast, u, delta, A, B, C, D, z, delta_bias, states,
-            du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinit,
-            dim, dstate, seqlen, n_chunks, dim // groups, groups, batch, parts_per_group,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *z_strides,
-            A.stride(0), sBb, sBg, sBn, sCb, sCg, sCn, dout.stride(0), dout.stride(1),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
-            HAS_DLAST=dlast is not None, HAS_INITIAL_STATE=initial_state is not None, DELTA_SOFTPLUS=delta_softplus,
-            TIME_IN_THREAD=time_in_thread, DBC_PARTIALS=partials, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(dstate), **cfg,
+            dout,
+            dlast,
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D,
+            z,
+            delta_bias,
+            states,
+            du,
+            ddelta,
+            dA,
+            dB,
+            dC,
+            dD,
+            dz,
+            ddelta_bias,
+            dinit,
+            dim,
+            dstate,
+            seqlen,
+            n_chunks,
+            dim // groups,
+            groups,
+            batch,
+            parts_per_group,
+            u.stride(0),
+            u.stride(1),
+            delta.stride(0),
+            delta.stride(1),
+            *z_strides,
+            A.stride(0),
+            sBb,
+            sBg,
+            sBn,
+            sCb,
+            sCg,
+            sCn,
+            dout.stride(0),
+            dout.stride(1),
+            HAS_D=D is not None,
+            HAS_Z=z is not None,
+            HAS_DELTA_BIAS=delta_bias is not None,
+            HAS_DLAST=dlast is not None,
+            HAS_INITIAL_STATE=initial_state is not None,
+            DELTA_SOFTPLUS=delta_softplus,
+            TIME_IN_THREAD=time_in_thread,
+            DBC_PARTIALS=partials,
+            BLOCK_D=block_d,
+            BLOCK_N=triton.next_power_of_2(dstate),
+            **cfg,
         )
     elif initial_state is not None:
         dinit.copy_(dlast if dlast is not None else torch.zeros_like(dinit))
@@ -458,7 +614,15 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
     dC = dC.view(C.shape).to(C.dtype)
     cast = lambda g, like: None if g is None else g.to(like.dtype)
     return (
-        du, ddelta, cast(dA, A), dB, dC, cast(dD, D), dz, cast(ddelta_bias, delta_bias), cast(dinit, initial_state),
+        du,
+        ddelta,
+        cast(dA, A),
+        dB,
+        dC,
+        cast(dD, D),
+        dz,
+        cast(ddelta_bias, delta_bias),
+        cast(dinit, initial_state),
     )
 
 
@@ -467,9 +631,17 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
 
 @torch.library.custom_op("mambalab::selective_scan_fwd", mutates_args=())
 def _selective_scan_fwd_op(
-    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
-    initial_state: torch.Tensor | None, delta_softplus: bool, save_states: bool,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    delta_softplus: bool,
+    save_states: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states)
 
@@ -488,9 +660,19 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_s
 
 @torch.library.custom_op("mambalab::selective_scan_bwd", mutates_args=())
 def _selective_scan_bwd_op(
-    dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
-    B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
-    delta_bias: torch.Tensor | None, initial_state: torch.Tensor | None, states: torch.Tensor, delta_softplus: bool,
+    dout: torch.Tensor,
+    dlast: torch.Tensor | None,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    states: torch.Tensor,
+    delta_softplus: bool,
 ) -> list[torch.Tensor]:
     grads = _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, delta_softplus)
     return [g if g is not None else u.new_empty(0) for g in grads]
@@ -506,7 +688,19 @@ class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
         out, last_state, states = call_op(
-            "selective_scan_fwd", _selective_scan_fwd, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, True
+            "selective_scan_fwd",
+            _selective_scan_fwd,
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D,
+            z,
+            delta_bias,
+            initial_state,
+            delta_softplus,
+            True,
         )
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states)
         ctx.delta_softplus = delta_softplus
@@ -516,7 +710,21 @@ class _SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, D, z, delta_bias, initial_state, states = ctx.saved_tensors
         grads = call_op(
-            "selective_scan_bwd", _selective_scan_bwd, dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, ctx.delta_softplus,
+            "selective_scan_bwd",
+            _selective_scan_bwd,
+            dout,
+            dlast,
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D,
+            z,
+            delta_bias,
+            initial_state,
+            states,
+            ctx.delta_softplus,
         )
         present = (u, delta, A, B, C, D, z, delta_bias, initial_state)
         return (*(g if t is not None else None for g, t in zip(grads, present)), None)

@@ -35,4 +35,6 @@ def assert_close(
     ref_err = (lowp - hi).abs().max().item() if fast.numel() else 0.0
     scale = hi.abs().max().item() if fast.numel() else 0.0
     bound = 2 * ref_err + atol + rtol * scale
-    assert err <= bound, f"{name}: max error {err:.3e} > bound {bound:.3e} (reference error {ref_err:.3e}, scale {scale:.3e})"
+    assert err <= bound, (
+        f"{name}: max error {err:.3e} > bound {bound:.3e} (reference error {ref_err:.3e}, scale {scale:.3e})"
+    )

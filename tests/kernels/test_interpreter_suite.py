@@ -21,7 +21,11 @@ def test_triton_kernels_under_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "MAMBALAB_KERNELS": "triton", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/kernels/interpret", "-q", "-p", "no:cacheprovider", "-x"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     tail = (result.stdout + result.stderr)[-6000:]
     assert result.returncode == 0, f"interpreter tests failed:\n{tail}"

@@ -26,10 +26,15 @@ def scan_inputs(batch, dim, seqlen, dstate, dtype, groups=None):
     cuda = dict(device="cuda")
     bc = (batch, dstate, seqlen) if groups is None else (batch, groups, dstate, seqlen)
     return dict(
-        u=torch.randn(batch, dim, seqlen, **cuda).to(dtype), delta=(0.5 * torch.randn(batch, dim, seqlen, **cuda) - 2).to(dtype),
-        A=-(0.5 + torch.rand(dim, dstate, **cuda)) * torch.arange(1, dstate + 1, **cuda), B=torch.randn(bc, **cuda).to(dtype),
-        C=torch.randn(bc, **cuda).to(dtype), D=torch.randn(dim, **cuda), z=torch.randn(batch, dim, seqlen, **cuda).to(dtype),
-        delta_bias=0.5 * torch.randn(dim, **cuda), initial_state=torch.randn(batch, dim, dstate, **cuda),
+        u=torch.randn(batch, dim, seqlen, **cuda).to(dtype),
+        delta=(0.5 * torch.randn(batch, dim, seqlen, **cuda) - 2).to(dtype),
+        A=-(0.5 + torch.rand(dim, dstate, **cuda)) * torch.arange(1, dstate + 1, **cuda),
+        B=torch.randn(bc, **cuda).to(dtype),
+        C=torch.randn(bc, **cuda).to(dtype),
+        D=torch.randn(dim, **cuda),
+        z=torch.randn(batch, dim, seqlen, **cuda).to(dtype),
+        delta_bias=0.5 * torch.randn(dim, **cuda),
+        initial_state=torch.randn(batch, dim, dstate, **cuda),
     )
 
 
@@ -42,9 +47,14 @@ def run_scan(fn, inputs, dout, dlast, upcast):
 
 @pytest.mark.parametrize(
     "shape,dtype,groups",
-    [((2, 1536, 2048, 16), torch.bfloat16, None), ((1, 1536, 2048, 64), torch.float32, None),
-     ((1, 1536, 2048, 16), torch.bfloat16, 4), ((1, 1536, 16384, 16), torch.bfloat16, None),
-     ((2, 96, 300, 16), torch.float32, 32), ((2, 64, 77, 4), torch.float32, None)],
+    [
+        ((2, 1536, 2048, 16), torch.bfloat16, None),
+        ((1, 1536, 2048, 64), torch.float32, None),
+        ((1, 1536, 2048, 16), torch.bfloat16, 4),
+        ((1, 1536, 16384, 16), torch.bfloat16, None),
+        ((2, 96, 300, 16), torch.float32, 32),
+        ((2, 64, 77, 4), torch.float32, None),
+    ],
     ids=["2048-d16-bf16", "2048-d64-fp32", "2048-grouped", "16384-d16-bf16", "3-channels-per-group", "dstate4"],
 )
 def test_scan_fwd_bwd(shape, dtype, groups):
@@ -64,20 +74,36 @@ def test_scan_forward_long(dstate):
     inputs = scan_inputs(1, 1536, 16384, dstate, torch.bfloat16)
     with torch.no_grad():
         out, last = scan.selective_scan(**inputs, delta_softplus=True, return_last_state=True)
-        sub = {k: (v[:, :192] if k in ("u", "delta", "z", "initial_state") else v[:192] if k in ("A", "D", "delta_bias") else v)
-               for k, v in inputs.items()}
+        sub = {
+            k: (
+                v[:, :192]
+                if k in ("u", "delta", "z", "initial_state")
+                else v[:192]
+                if k in ("A", "D", "delta_bias")
+                else v
+            )
+            for k, v in inputs.items()
+        }
         lowp = scan_ref.selective_scan(**sub, delta_softplus=True, return_last_state=True)
-        hi = scan_ref.selective_scan(**{k: v.float() for k, v in sub.items()}, delta_softplus=True, return_last_state=True)
+        hi = scan_ref.selective_scan(
+            **{k: v.float() for k, v in sub.items()}, delta_softplus=True, return_last_state=True
+        )
     assert_close("out", out[:, :192], lowp[0], hi[0], rtol=1e-2)
     assert_close("last", last[:, :192], lowp[1], hi[1], rtol=1e-3)
     assert not torch.isnan(out).any() and not torch.isnan(last).any()
 
 
-@pytest.mark.parametrize("shape,width", [((2, 1536, 2048), 4), ((2, 1536, 2048), 2), ((1, 1536, 16384), 4), ((2, 1536, 2048), 7)])
+@pytest.mark.parametrize(
+    "shape,width", [((2, 1536, 2048), 4), ((2, 1536, 2048), 2), ((1, 1536, 16384), 4), ((2, 1536, 2048), 7)]
+)
 def test_conv_fwd_bwd(shape, width):
     batch, dim, seqlen = shape
-    tensors = dict(x=torch.randn(shape, device="cuda", dtype=torch.bfloat16), weight=torch.randn(dim, width, device="cuda") / width,
-                   bias=torch.randn(dim, device="cuda"), initial_state=torch.randn(batch, dim, width - 1, device="cuda", dtype=torch.bfloat16))
+    tensors = dict(
+        x=torch.randn(shape, device="cuda", dtype=torch.bfloat16),
+        weight=torch.randn(dim, width, device="cuda") / width,
+        bias=torch.randn(dim, device="cuda"),
+        initial_state=torch.randn(batch, dim, width - 1, device="cuda", dtype=torch.bfloat16),
+    )
     dout, dfinal = torch.randn_like(tensors["x"]), torch.randn_like(tensors["initial_state"])
 
     def run(fn, upcast):
@@ -86,7 +112,9 @@ def test_conv_fwd_bwd(shape, width):
         loss = (out.float() * dout.float()).sum() + (final.float() * dfinal.float()).sum()
         return [out, final, *torch.autograd.grad(loss, list(leaves.values()))]
 
-    for i, (f, lo, h) in enumerate(zip(run(conv.causal_conv1d, False), run(conv_ref.causal_conv1d, False), run(conv_ref.causal_conv1d, True))):
+    for i, (f, lo, h) in enumerate(
+        zip(run(conv.causal_conv1d, False), run(conv_ref.causal_conv1d, False), run(conv_ref.causal_conv1d, True))
+    ):
         assert_close(f"tensor {i}", f, lo, h, rtol=max(torch.finfo(lo.dtype).eps, 1e-3))
 
 

@@ -18,9 +18,14 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 def scan_inputs(batch, dim, seqlen, dstate, dtype=torch.float32, groups=None):
     bc = (batch, dstate, seqlen) if groups is None else (batch, groups, dstate, seqlen)
     return dict(
-        u=torch.randn(batch, dim, seqlen).to(dtype), delta=(0.5 * torch.randn(batch, dim, seqlen) - 1).to(dtype),
-        A=-(0.5 + torch.rand(dim, dstate)), B=torch.randn(bc).to(dtype), C=torch.randn(bc).to(dtype),
-        D=torch.randn(dim), z=torch.randn(batch, dim, seqlen).to(dtype), delta_bias=0.5 * torch.randn(dim),
+        u=torch.randn(batch, dim, seqlen).to(dtype),
+        delta=(0.5 * torch.randn(batch, dim, seqlen) - 1).to(dtype),
+        A=-(0.5 + torch.rand(dim, dstate)),
+        B=torch.randn(bc).to(dtype),
+        C=torch.randn(bc).to(dtype),
+        D=torch.randn(dim),
+        z=torch.randn(batch, dim, seqlen).to(dtype),
+        delta_bias=0.5 * torch.randn(dim),
         initial_state=torch.randn(batch, dim, dstate),
     )
 
@@ -61,8 +66,16 @@ def test_state_update_steps_equal_full_scan(groups):
     state = inputs["initial_state"].clone()
     outs = [
         scan_ref.selective_state_update(
-            state, inputs["u"][..., t], inputs["delta"][..., t], inputs["A"], inputs["B"][..., t], inputs["C"][..., t],
-            inputs["D"], inputs["z"][..., t], inputs["delta_bias"], dt_softplus=True,
+            state,
+            inputs["u"][..., t],
+            inputs["delta"][..., t],
+            inputs["A"],
+            inputs["B"][..., t],
+            inputs["C"][..., t],
+            inputs["D"],
+            inputs["z"][..., t],
+            inputs["delta_bias"],
+            dt_softplus=True,
         )
         for t in range(seqlen)
     ]
@@ -89,7 +102,9 @@ def test_conv_matches_direct_loop(width, seqlen):
     out, final = conv_ref.causal_conv1d(x, weight, bias, activation="silu", initial_state=init, return_final_state=True)
     torch.testing.assert_close(out, conv_direct(x, weight, bias, init, "silu"), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(final, torch.cat([init, x], -1)[:, :, -(width - 1) :])
-    torch.testing.assert_close(conv_ref.causal_conv1d(x, weight), conv_direct(x, weight, None, None, None), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        conv_ref.causal_conv1d(x, weight), conv_direct(x, weight, None, None, None), atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("width", [2, 4, 6])
@@ -153,8 +168,23 @@ def test_selective_scan_bad_arguments_name_the_argument(overrides, name):
         (lambda: kernels.causal_conv1d(meta(2, 8, 16), meta(8, 4), activation="relu"), "activation"),
         (lambda: kernels.causal_conv1d(meta(2, 8, 16), torch.empty(8, 4)), "weight"),
         (lambda: kernels.causal_conv1d_update(meta(2, 8), meta(2, 8, 2), meta(8, 4)), "conv_state"),
-        (lambda: kernels.selective_state_update(meta(2, 8, 4), meta(2, 8), meta(2, 8), meta(8, 4), meta(2, 4), meta(2, 5)), "C"),
-        (lambda: kernels.selective_state_update(torch.empty(2, 8, 4, dtype=torch.bfloat16, device="meta"), meta(2, 8), meta(2, 8), meta(8, 4), meta(2, 4), meta(2, 4)), "state"),
+        (
+            lambda: kernels.selective_state_update(
+                meta(2, 8, 4), meta(2, 8), meta(2, 8), meta(8, 4), meta(2, 4), meta(2, 5)
+            ),
+            "C",
+        ),
+        (
+            lambda: kernels.selective_state_update(
+                torch.empty(2, 8, 4, dtype=torch.bfloat16, device="meta"),
+                meta(2, 8),
+                meta(2, 8),
+                meta(8, 4),
+                meta(2, 4),
+                meta(2, 4),
+            ),
+            "state",
+        ),
         (lambda: kernels.rms_norm(meta(2, 16), meta(15)), "weight"),
         (lambda: kernels.layer_norm(meta(2, 16), meta(16), residual=meta(2, 15)), "residual"),
     ],

@@ -30,8 +30,12 @@ def test_compiled_graph_matches_eager_without_graph_breaks():
     batch, dim, seqlen, dstate = 2, 4, 20, 4
     params = [torch.randn(batch, seqlen, dim), torch.randn(dim, 4), torch.ones(dim), -torch.rand(dim, dstate)]
     params = [p.requires_grad_() for p in params]
-    data = [torch.randn(batch, dim, seqlen), torch.randn(batch, dstate, seqlen), torch.randn(batch, dstate, seqlen),
-            torch.randn(batch, dim, seqlen)]
+    data = [
+        torch.randn(batch, dim, seqlen),
+        torch.randn(batch, dstate, seqlen),
+        torch.randn(batch, dstate, seqlen),
+        torch.randn(batch, dim, seqlen),
+    ]
     eager = block(*params, *data)
     eager_grads = torch.autograd.grad(eager, params)
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")

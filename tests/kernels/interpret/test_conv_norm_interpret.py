@@ -22,7 +22,9 @@ from kernels.rms_norm import ref as norm_ref  # noqa: E402
 
 
 def grads_of(fn, tensors: dict, upstream: list, *, upcast: bool, **kwargs):
-    leaves = {k: None if v is None else (v.float() if upcast else v).clone().requires_grad_() for k, v in tensors.items()}
+    leaves = {
+        k: None if v is None else (v.float() if upcast else v).clone().requires_grad_() for k, v in tensors.items()
+    }
     outs = fn(**leaves, **kwargs)
     outs = outs if isinstance(outs, tuple) else (outs,)
     loss = sum((o.float() * g.float()).sum() for o, g in zip(outs, upstream))
@@ -47,25 +49,35 @@ def compare(fast_fn, ref_fn, tensors, upstream, **kwargs):
 def test_conv_all_options(width, seqlen, dtype):
     batch, dim = 2, 5
     tensors = dict(
-        x=torch.randn(batch, dim, seqlen).to(dtype), weight=torch.randn(dim, width) / width,
-        bias=torch.randn(dim), initial_state=torch.randn(batch, dim, width - 1).to(dtype),
+        x=torch.randn(batch, dim, seqlen).to(dtype),
+        weight=torch.randn(dim, width) / width,
+        bias=torch.randn(dim),
+        initial_state=torch.randn(batch, dim, width - 1).to(dtype),
     )
     upstream = [torch.randn(batch, dim, seqlen).to(dtype), torch.randn(batch, dim, width - 1).to(dtype)]
-    compare(kernels.causal_conv1d, conv_ref.causal_conv1d, tensors, upstream, activation="silu", return_final_state=True)
+    compare(
+        kernels.causal_conv1d, conv_ref.causal_conv1d, tensors, upstream, activation="silu", return_final_state=True
+    )
 
 
 @pytest.mark.parametrize("activation", [None, "silu"])
 @pytest.mark.parametrize("has_bias", [False, True])
 def test_conv_without_state(activation, has_bias):
     batch, dim, seqlen, width = 2, 3, 33, 4
-    tensors = dict(x=torch.randn(batch, dim, seqlen), weight=torch.randn(dim, width), bias=torch.randn(dim) if has_bias else None)
-    compare(kernels.causal_conv1d, conv_ref.causal_conv1d, tensors, [torch.randn(batch, dim, seqlen)], activation=activation)
+    tensors = dict(
+        x=torch.randn(batch, dim, seqlen), weight=torch.randn(dim, width), bias=torch.randn(dim) if has_bias else None
+    )
+    compare(
+        kernels.causal_conv1d, conv_ref.causal_conv1d, tensors, [torch.randn(batch, dim, seqlen)], activation=activation
+    )
 
 
 def test_conv_final_state_without_initial_state_short_sequence():
     tensors = dict(x=torch.randn(2, 3, 2), weight=torch.randn(3, 5))
     upstream = [torch.randn(2, 3, 2), torch.randn(2, 3, 4)]
-    compare(kernels.causal_conv1d, conv_ref.causal_conv1d, tensors, upstream, activation="silu", return_final_state=True)
+    compare(
+        kernels.causal_conv1d, conv_ref.causal_conv1d, tensors, upstream, activation="silu", return_final_state=True
+    )
 
 
 @pytest.mark.parametrize("width,state_len", [(2, 2), (4, 4), (4, 6), (7, 9)])
@@ -89,7 +101,9 @@ def test_conv_update_shortest_state_steps_equal_full_conv(width):
     batch, dim, seqlen = 2, 3, 6
     x, weight, bias = torch.randn(batch, dim, seqlen), torch.randn(dim, width), torch.randn(dim)
     init = torch.randn(batch, dim, width - 1)
-    expected, final = conv_ref.causal_conv1d(x, weight, bias, activation="silu", initial_state=init, return_final_state=True)
+    expected, final = conv_ref.causal_conv1d(
+        x, weight, bias, activation="silu", initial_state=init, return_final_state=True
+    )
     state = init.clone()
     with kernels.use_triton():
         outs = [kernels.causal_conv1d_update(x[..., t], state, weight, bias, activation="silu") for t in range(seqlen)]
@@ -101,18 +115,29 @@ def test_conv_update_shortest_state_steps_equal_full_conv(width):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize(
     "has_residual,prenorm,residual_in_fp32,has_bias",
-    [(False, False, False, False), (True, False, False, True), (True, True, False, False), (True, True, True, True),
-     (False, True, True, False)],
+    [
+        (False, False, False, False),
+        (True, False, False, True),
+        (True, True, False, False),
+        (True, True, True, True),
+        (False, True, True, False),
+    ],
 )
 def test_add_norm(norm, dtype, has_residual, prenorm, residual_in_fp32, has_bias):
     shape, hidden = (2, 3, 40), 40
     tensors = dict(
-        x=torch.randn(shape).to(dtype), weight=1 + 0.1 * torch.randn(hidden),
+        x=torch.randn(shape).to(dtype),
+        weight=1 + 0.1 * torch.randn(hidden),
         bias=torch.randn(hidden) if has_bias else None,
         residual=torch.randn(shape).to(dtype) if has_residual else None,
     )
     upstream = [torch.randn(shape).to(dtype), torch.randn(shape)]
     compare(
-        getattr(kernels, norm), getattr(norm_ref, norm), tensors, upstream,
-        eps=1e-5, prenorm=prenorm, residual_in_fp32=residual_in_fp32,
+        getattr(kernels, norm),
+        getattr(norm_ref, norm),
+        tensors,
+        upstream,
+        eps=1e-5,
+        prenorm=prenorm,
+        residual_in_fp32=residual_in_fp32,
     )

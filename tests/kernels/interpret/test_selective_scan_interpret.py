@@ -22,7 +22,9 @@ from kernels.selective_scan import ref  # noqa: E402
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
-def make_inputs(batch, dim, seqlen, dstate, dtype, *, groups=None, has_D=True, has_z=True, has_bias=True, has_init=True):
+def make_inputs(
+    batch, dim, seqlen, dstate, dtype, *, groups=None, has_D=True, has_z=True, has_bias=True, has_init=True
+):
     bc_shape = (batch, dstate, seqlen) if groups is None else (batch, groups, dstate, seqlen)
     return dict(
         u=torch.randn(batch, dim, seqlen).to(dtype),
@@ -39,7 +41,9 @@ def make_inputs(batch, dim, seqlen, dstate, dtype, *, groups=None, has_D=True, h
 
 def run(fn, inputs, dout, dlast, *, upcast, delta_softplus):
     """Outputs and all input gradients of `fn`, inputs upcast to fp32 when `upcast`."""
-    leaves = {k: (None if v is None else (v.float() if upcast else v).clone().requires_grad_()) for k, v in inputs.items()}
+    leaves = {
+        k: (None if v is None else (v.float() if upcast else v).clone().requires_grad_()) for k, v in inputs.items()
+    }
     out, last = fn(**leaves, delta_softplus=delta_softplus, return_last_state=True)
     loss = (out.float() * dout.float()).sum() + (last * dlast).sum()
     present = [k for k in NAMES if leaves[k] is not None]
@@ -133,8 +137,13 @@ def test_state_update_matches_reference(groups, dtype):
     state = torch.randn(batch, dim, dstate)
     bc = (batch, dstate) if groups is None else (batch, groups, dstate)
     args = dict(
-        x=torch.randn(batch, dim).to(dtype), dt=torch.randn(batch, dim).to(dtype), A=-torch.rand(dim, dstate),
-        B=torch.randn(bc).to(dtype), C=torch.randn(bc).to(dtype), D=torch.randn(dim), z=torch.randn(batch, dim).to(dtype),
+        x=torch.randn(batch, dim).to(dtype),
+        dt=torch.randn(batch, dim).to(dtype),
+        A=-torch.rand(dim, dstate),
+        B=torch.randn(bc).to(dtype),
+        C=torch.randn(bc).to(dtype),
+        D=torch.randn(dim),
+        z=torch.randn(batch, dim).to(dtype),
         dt_bias=torch.randn(dim),
     )
     fast_state, lowp_state, hi_state = state.clone(), state.clone(), state.clone()
@@ -156,8 +165,16 @@ def test_state_update_steps_equal_full_scan():
         for t in range(seqlen):
             outs.append(
                 kernels.selective_state_update(
-                    state, inputs["u"][..., t], inputs["delta"][..., t], inputs["A"], inputs["B"][..., t],
-                    inputs["C"][..., t], inputs["D"], inputs["z"][..., t], inputs["delta_bias"], dt_softplus=True,
+                    state,
+                    inputs["u"][..., t],
+                    inputs["delta"][..., t],
+                    inputs["A"],
+                    inputs["B"][..., t],
+                    inputs["C"][..., t],
+                    inputs["D"],
+                    inputs["z"][..., t],
+                    inputs["delta_bias"],
+                    dt_softplus=True,
                 )
             )
     torch.testing.assert_close(torch.stack(outs, -1), expected, atol=1e-5, rtol=1e-5)
