@@ -26,6 +26,7 @@ import contextlib
 import contextvars
 import importlib
 import os
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -112,14 +113,24 @@ def use_triton() -> contextlib.AbstractContextManager[None]:
     return _backend_scope("triton")
 
 
+@torch._dynamo.assume_constant_result
+def _backend_for(device_type: str) -> str:
+    # Dynamo cannot trace ContextVar.get or os.environ; a compiled graph fixes the backend at trace time instead
+    # (changing MAMBALAB_KERNELS after compiling does not recompile).
+    return kernel_backend(device_type)
+
+
 def _implementation(op: str, device: torch.device):
     reference, fast_module = _OPS[op]
-    if kernel_backend(device) == "reference":
+    if _backend_for(device.type) == "reference":
         return reference
-    try:
-        module = importlib.import_module(fast_module)
-    except ImportError as err:
-        raise KernelUnavailableError(f"Triton path for {op} could not be imported from {fast_module}: {err}") from err
+    module = sys.modules.get(fast_module)
+    if module is None:
+        try:
+            module = importlib.import_module(fast_module)
+        except ImportError as err:
+            message = f"Triton path for {op} could not be imported from {fast_module}: {err}"
+            raise KernelUnavailableError(message) from err
     return getattr(module, op)
 
 

@@ -73,10 +73,10 @@ def causal_conv1d_update(
         out `(batch, dim)` in x's dtype.
     """
     width = weight.shape[1]
+    window = torch.cat([conv_state[:, :, conv_state.shape[-1] - (width - 1) :].float(), x.float()[..., None]], -1)
+    y = (window * weight.float()).sum(-1)  # the last width-1 previous inputs and x
     conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
     conv_state[:, :, -1] = x.to(conv_state.dtype)
-    window = conv_state[:, :, -width:].float()
-    y = (window * weight.float()).sum(-1)
     if bias is not None:
         y = y + bias.float()
     return _activate(y, activation).to(x.dtype)

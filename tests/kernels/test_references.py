@@ -109,11 +109,13 @@ def test_conv_matches_direct_loop(width, seqlen):
 
 @pytest.mark.parametrize("width", [2, 4, 6])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_conv_update_steps_equal_full_conv(width, dtype):
+@pytest.mark.parametrize("extra_columns", [0, 1, 3])
+def test_conv_update_steps_equal_full_conv(width, dtype, extra_columns):
     batch, dim, seqlen = 2, 3, 9
     x, weight, bias = torch.randn(batch, dim, seqlen).to(dtype), torch.randn(dim, width), torch.randn(dim)
     expected = conv_ref.causal_conv1d(x, weight, bias, activation="silu")
-    state = torch.zeros(batch, dim, width, dtype=dtype)  # the reference's update reads the last `width` columns
+    # Any state length >= width - 1 is allowed; only the last width - 1 columns are read.
+    state = torch.zeros(batch, dim, width - 1 + extra_columns, dtype=dtype)
     outs = [conv_ref.causal_conv1d_update(x[..., t], state, weight, bias, activation="silu") for t in range(seqlen)]
     torch.testing.assert_close(torch.stack(outs, -1), expected)
 
