@@ -201,8 +201,15 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics["train_seconds"] = round(time.perf_counter() - start, 1)
+        # Score the final weights (the last step is rarely a validation step), then keep the best checkpoint if a
+        # periodic validation beat them; `module` ends up holding the weights that are reported and exported.
+        metrics |= validate(trainer, module, datamodule)
         best = trainer.checkpoint_callback.best_model_path or None
-        metrics |= validate(trainer, module, datamodule, best)  # loads the best weights into `module`
+        best_score = trainer.checkpoint_callback.best_model_score
+        metrics["reported_weights"] = f"final (step {trainer.global_step})"
+        if best and best_score is not None and best_score < metrics["val/loss"]:
+            metrics |= validate(trainer, module, datamodule, best)
+            metrics["reported_weights"] = best
     metrics |= {
         "n_parameters": n_params,
         "steps": trainer.global_step,
