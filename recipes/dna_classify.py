@@ -228,7 +228,6 @@ def main(argv: list[str] | None = None) -> dict:
              n_params / 1e6, cfg.model.init_from or "scratch", run_dir)  # fmt: skip
     budget = [Timer(duration={"minutes": cfg.time_budget_minutes})] if cfg.time_budget_minutes else []
     trainer = build_trainer(cfg.trainer, run_dir, monitor="val/loss", mode="min", extra_callbacks=budget)
-    trainer.check_val_every_n_epoch = None  # an integer val_check_interval counts steps across epochs
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     train_s = time.perf_counter() - start

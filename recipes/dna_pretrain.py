@@ -35,7 +35,15 @@ from tasks.genomics.data import PretrainDataConfig, PretrainDataModule
 from tasks.genomics.metrics import NextBaseMetrics, next_base_nll
 from tasks.genomics.tokenizer import DNATokenizer
 from tasks.lm import MambaLM, MambaLMConfig
-from tasks.runs import TrainerConfig, build_trainer, load_config, prepare_run_dir, resolve_ckpt_path, write_metrics_json
+from tasks.runs import (
+    TimeBudget,
+    TrainerConfig,
+    build_trainer,
+    load_config,
+    prepare_run_dir,
+    resolve_ckpt_path,
+    write_metrics_json,
+)
 
 log = logging.getLogger("recipes.dna_pretrain")
 JOB = "dna_pretrain"
@@ -94,9 +102,10 @@ class DNAPretrainModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         nats, count = next_base_nll(self(batch["input_ids"]), batch["labels"])
         loss = nats / count.clamp(min=1)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/bits_per_base", loss / math.log(2), prog_bar=True)
-        self.log("train/perplexity", torch.exp(loss.detach()))
+        # sync_dist: under DDP the logged value is the mean over ranks, i.e. the loss of the global batch.
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("train/bits_per_base", loss / math.log(2), prog_bar=True, sync_dist=True)
+        self.log("train/perplexity", torch.exp(loss.detach()), sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -123,34 +132,6 @@ class DNAPretrainModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=self.optim_cfg["lr"], betas=tuple(self.optim_cfg["betas"]))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-class TimeBudget(pl.Callback):
-    """Shortens `max_steps` (and the LR schedule) so training takes about `minutes`.
-
-    The step time is measured over steps `probe` (after warm-up and the first validation); a fifth of the budget
-    is kept for validation passes. Training also stops outright once the budget is spent.
-    """
-
-    def __init__(self, minutes: float, probe: tuple[int, int] = (5, 15)) -> None:
-        self.budget_s, self.probe = minutes * 60.0, probe
-        self.fit_start = self.probe_start = 0.0
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.fit_start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step, now = trainer.global_step, time.perf_counter()
-        if step == self.probe[0]:
-            self.probe_start = now
-        elif step == self.probe[1] and self.probe_start:
-            per_step = (now - self.probe_start) / (self.probe[1] - self.probe[0])
-            remaining = 0.8 * self.budget_s - (now - self.fit_start)
-            steps = min(trainer.max_steps, step + max(0, int(remaining / per_step)))
-            trainer.fit_loop.epoch_loop.max_steps = pl_module.total_steps = steps
-            log.info("time budget %.1f min: %.2f s/step -> max_steps=%d", self.budget_s / 60, per_step, steps)
-        if now - self.fit_start > self.budget_s:
-            trainer.should_stop = True
 
 
 def build_module(cfg: DNAPretrainConfig, datamodule: PretrainDataModule) -> DNAPretrainModule:
@@ -188,8 +169,6 @@ def main(argv: list[str] | None = None) -> dict:
              n_params / 1e6, len(datamodule.val_names), datamodule.val_names, run_dir)  # fmt: skip
     callbacks = [TimeBudget(cfg.time_budget_minutes)] if cfg.time_budget_minutes and cfg.mode == "train" else []
     trainer = build_trainer(cfg.trainer, run_dir, monitor="val/loss", mode="min", extra_callbacks=callbacks)
-    # Random windows have no natural epoch: an integer interval counts steps (build_trainer drops None options).
-    trainer.check_val_every_n_epoch = None
 
     metrics: dict = {}
     if cfg.mode == "eval":
@@ -218,6 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
         "eval_genomes": list(cfg.data.eval_genomes),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
+    if not trainer.is_global_zero:  # under DDP/FSDP every rank gets here; one writes
+        return metrics
     write_metrics_json(run_dir, metrics)
     export = module.model.save_pretrained(run_dir / "model")
     log.info("validation bits/base: %s; exported %s",

@@ -36,7 +36,15 @@ from tasks.language.data import NAMED_TEXT, TextDataModule, TokenizedText, load_
 from tasks.language.metrics import LanguageModelMetrics, token_nll
 from tasks.language.tokenizer import TextTokenizer
 from tasks.lm import MambaLM, MambaLMConfig
-from tasks.runs import TrainerConfig, build_trainer, load_config, prepare_run_dir, resolve_ckpt_path, write_metrics_json
+from tasks.runs import (
+    TimeBudget,
+    TrainerConfig,
+    build_trainer,
+    load_config,
+    prepare_run_dir,
+    resolve_ckpt_path,
+    write_metrics_json,
+)
 
 log = logging.getLogger("recipes.lm_pretrain")
 JOB = "lm_pretrain"
@@ -151,35 +159,6 @@ class LMPretrainModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class TimeBudget(pl.Callback):
-    """Sets `max_steps` (and the LR schedule's length) so training takes about `minutes` of wall-clock time.
-
-    The step time is measured between steps 20 and 60, after compilation and autotuning; 10% of the budget is kept
-    for validation. Training also stops outright once the budget is spent.
-    """
-
-    def __init__(self, minutes: float, probe: tuple[int, int] = (20, 60)) -> None:
-        self.budget_s, self.probe = minutes * 60.0, probe
-        self.fit_start = self.probe_start = 0.0
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.fit_start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step, now = trainer.global_step, time.perf_counter()
-        if step == self.probe[0]:
-            self.probe_start = now
-        elif step == self.probe[1] and self.probe_start:
-            per_step = (now - self.probe_start) / (self.probe[1] - self.probe[0])
-            remaining = 0.9 * self.budget_s - (now - self.fit_start)
-            steps = min(trainer.max_steps, step + max(0, int(remaining / per_step)))
-            trainer.fit_loop.epoch_loop.max_steps = steps
-            pl_module.total_steps = steps
-            log.info("time budget %.1f min: %.1f ms/step -> max_steps=%d", self.budget_s / 60, per_step * 1e3, steps)
-        if now - self.fit_start > self.budget_s:
-            trainer.should_stop = True
-
-
 def build_tokenizer(cfg: TokenizerConfig, train_docs: list[str], cache_dir: Path) -> TextTokenizer:
     """Load `cfg.path`, or train a BPE on the training documents (cached by corpus and settings)."""
     if cfg.kind == "file":
@@ -253,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     module = build_module(cfg, datamodule, tokenizer)
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info("model: %.2fM parameters, vocab %d; run dir %s", n_params / 1e6, tokenizer.vocab_size, run_dir)
-    callbacks = [TimeBudget(cfg.time_budget_minutes)] if cfg.time_budget_minutes else []
+    callbacks = [TimeBudget(cfg.time_budget_minutes, probe=(20, 60), reserve=0.1)] if cfg.time_budget_minutes else []
     trainer = build_trainer(cfg.trainer, run_dir, monitor="val/loss", mode="min", extra_callbacks=callbacks)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
@@ -272,6 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
     metrics |= {f"{name}/tokens_per_char": t.tokens_per_char for name, t in datamodule.evals.items()}
+    if not trainer.is_global_zero:  # under DDP/FSDP every rank gets here; one writes
+        return metrics
     write_metrics_json(run_dir, metrics)
     # The export is the best checkpoint's weights (trainer.validate loaded them into `module`).
     export = module.model.save_pretrained(run_dir / "model")

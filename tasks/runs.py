@@ -18,6 +18,7 @@ import datetime as _dt
 import importlib.util
 import json
 import logging
+import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 log = logging.getLogger(__name__)
+RUN_DIR_ENV = "MAMBALAB_RUN_DIR"
 
 
 class ConfigError(ValueError):
@@ -131,6 +133,9 @@ def prepare_run_dir(cfg: Any, run_dir: str | None, job: str, *, resume: bool = F
     """
     if run_dir:
         path = Path(run_dir)
+    elif os.environ.get(RUN_DIR_ENV):
+        # A process that Lightning launched for another rank: use the directory rank 0 chose.
+        path = Path(os.environ[RUN_DIR_ENV])
     elif resume:
         path = _latest_resumable(Path(root) / job)
         if path is None:
@@ -138,9 +143,22 @@ def prepare_run_dir(cfg: Any, run_dir: str | None, job: str, *, resume: bool = F
     else:
         path = Path(root) / job / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path.mkdir(parents=True, exist_ok=True)
-    (path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    (path / "git_revision.txt").write_text(git_revision() + "\n")
+    # Lightning's DDP launcher re-runs the command for ranks > 0 with this environment: they must not pick a new
+    # timestamped directory of their own.
+    os.environ[RUN_DIR_ENV] = str(path.resolve())
+    if is_global_zero():
+        (path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        (path / "git_revision.txt").write_text(git_revision() + "\n")
     return path
+
+
+def is_global_zero() -> bool:
+    """True on the first process of a (possibly multi-node) run, also before the Trainer exists."""
+    return (
+        int(os.environ.get("RANK", 0)) == 0
+        and int(os.environ.get("LOCAL_RANK", 0)) == 0
+        and int(os.environ.get("NODE_RANK", 0)) == 0
+    )
 
 
 def resolve_ckpt_path(value: str | None, run_dir: Path) -> str | None:
@@ -218,10 +236,14 @@ def plot_confusion_matrix(cm, labels: Sequence[str], path: Path, title: str = ""
 
 
 def write_metrics_json(run_dir: Path, metrics: dict) -> Path:
+    """Write `metrics.json` (on the global-zero process only, so a multi-process run writes it once)."""
+
     def plain(value):
         return value.item() if hasattr(value, "item") else value
 
     path = Path(run_dir) / "metrics.json"
+    if not is_global_zero():
+        return path
     path.write_text(json.dumps({k: plain(v) for k, v in metrics.items()}, indent=2, sort_keys=True) + "\n")
     return path
 
@@ -268,3 +290,39 @@ def build_strategy(name: str):
     from backbone.block import MambaBlock
 
     return FSDPStrategy(auto_wrap_policy={MambaBlock}, sharding_strategy="FULL_SHARD", state_dict_type="full")
+
+
+class TimeBudget(pl.Callback):
+    """Sets `max_steps` (and the module's LR-schedule length, `pl_module.total_steps`) so training takes about
+    `minutes` of wall-clock time.
+
+    The step time is measured between the two steps of `probe` (after warm-up, compilation and the first
+    validation); a `reserve` fraction of the budget is kept for validation passes. Training also stops outright once
+    the budget is spent. Lightning's `Timer` only stops; this also shortens the schedule so the LR still decays.
+    """
+
+    def __init__(self, minutes: float, probe: tuple[int, int] = (5, 15), reserve: float = 0.2) -> None:
+        self.budget_s, self.probe, self.reserve = minutes * 60.0, probe, reserve
+        self.fit_start = self.probe_start = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import time
+
+        self.fit_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        step, now = trainer.global_step, time.perf_counter()
+        if step == self.probe[0]:
+            self.probe_start = now
+        elif step == self.probe[1] and self.probe_start:
+            per_step = (now - self.probe_start) / (self.probe[1] - self.probe[0])
+            remaining = (1 - self.reserve) * self.budget_s - (now - self.fit_start)
+            steps = min(trainer.max_steps, step + max(0, int(remaining / per_step)))
+            trainer.fit_loop.epoch_loop.max_steps = steps
+            if hasattr(pl_module, "total_steps"):
+                pl_module.total_steps = steps
+            log.info("time budget %.1f min: %.1f ms/step -> max_steps=%d", self.budget_s / 60, per_step * 1e3, steps)
+        if now - self.fit_start > self.budget_s:
+            trainer.should_stop = True

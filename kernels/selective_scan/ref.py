@@ -84,9 +84,10 @@ def selective_scan_sequential(
     dA, dBu, Cc = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
     h = u.new_zeros(batch, dim, A.shape[1], dtype=torch.float32) if initial_state is None else initial_state.float()
     ys = []
-    for t in range(seqlen):
-        h = torch.exp(dA[:, :, t]) * h + dBu[:, :, t]
-        ys.append((h * Cc[:, :, t]).sum(-1))
+    # unbind() slices once; indexing inside the loop would make autograd zero-fill a full-size gradient per step.
+    for decay_t, dBu_t, C_t in zip(torch.exp(dA).unbind(2), dBu.unbind(2), Cc.expand_as(dBu).unbind(2)):
+        h = decay_t * h + dBu_t
+        ys.append((h * C_t).sum(-1))
     y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0, dtype=torch.float32)
     out = _finish(y, u, D, z, u.dtype)
     return (out, h) if return_last_state else out
@@ -140,19 +141,20 @@ def selective_scan(
     dBu = dBu.view(batch, dim, n_chunks, T, dstate)
 
     # Level 1: scan every chunk at once, each from a zero state.  [b, d, chunks, T, n]
+    # (unbind() slices once: indexing inside the loops would make autograd zero-fill a full-size gradient per step.)
     h = torch.zeros_like(dBu[:, :, :, 0])
     local = []
-    for t in range(T):
-        h = torch.exp(dA[:, :, :, t]) * h + dBu[:, :, :, t]
+    for decay_t, dBu_t in zip(torch.exp(dA).unbind(3), dBu.unbind(3)):
+        h = decay_t * h + dBu_t
         local.append(h)
     local_states = torch.stack(local, dim=3)
 
     # Level 2: carry the true state across chunk boundaries.  decay_from_start <= 1 everywhere.
     decay_from_start = torch.exp(torch.cumsum(dA, dim=3))  # [b, d, chunks, T, n]
     chunk_starts = []
-    for c in range(n_chunks):
+    for chunk_decay, chunk_last in zip(decay_from_start[:, :, :, -1].unbind(2), local_states[:, :, :, -1].unbind(2)):
         chunk_starts.append(carry)
-        carry = decay_from_start[:, :, c, -1] * carry + local_states[:, :, c, -1]
+        carry = chunk_decay * carry + chunk_last
     starts = torch.stack(chunk_starts, dim=2)  # [b, d, chunks, n]
 
     states = local_states + decay_from_start * starts[:, :, :, None, :]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from tasks.data_sources import NamedDataset, resolve
 from tasks.genomics.catalog import GENOMES, genome_path
@@ -130,14 +130,23 @@ class PretrainDataModule(pl.LightningDataModule):
             source=source,
         )  # fmt: skip
 
-    def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=self.cfg.num_workers,
+            dataset, batch_size=self.cfg.batch_size, sampler=sampler, num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
         )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set)  # items are already random draws
+        # Items are already seeded random draws, so they are read in order. Under DDP each rank takes every
+        # world_size-th item (Lightning's own sampler would shuffle), so global batch k holds the same windows on any
+        # number of devices: a run reproduces across device counts.
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return self._loader(self.train_set)
+        sampler = DistributedSampler(
+            self.train_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False, drop_last=True
+        )
+        return self._loader(self.train_set, sampler)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(ds) for ds in self.val_sets]
