@@ -133,7 +133,7 @@ def prepare_run_dir(cfg: Any, run_dir: str | None, job: str, *, resume: bool = F
     """
     if run_dir:
         path = Path(run_dir)
-    elif os.environ.get(RUN_DIR_ENV):
+    elif os.environ.get(RUN_DIR_ENV) and not is_global_zero():
         # A process that Lightning launched for another rank: use the directory rank 0 chose.
         path = Path(os.environ[RUN_DIR_ENV])
     elif resume:
@@ -141,7 +141,10 @@ def prepare_run_dir(cfg: Any, run_dir: str | None, job: str, *, resume: bool = F
         if path is None:
             raise FileNotFoundError(f"ckpt_path=last: no run under {Path(root) / job} has checkpoints/last.ckpt")
     else:
-        path = Path(root) / job / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path, n = Path(root) / job / stamp, 1
+        while path.exists():  # two runs started within one second
+            path, n = Path(root) / job / f"{stamp}-{n}", n + 1
     path.mkdir(parents=True, exist_ok=True)
     # Lightning's DDP launcher re-runs the command for ranks > 0 with this environment: they must not pick a new
     # timestamped directory of their own.

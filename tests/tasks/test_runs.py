@@ -48,6 +48,12 @@ def test_run_dir_records_config_and_revision(tmp_path):
     assert (run_dir / "git_revision.txt").read_text().strip()
 
 
+def test_each_run_gets_its_own_directory(tmp_path):
+    first = prepare_run_dir(Schema(), None, "job", root=str(tmp_path))
+    second = prepare_run_dir(Schema(), None, "job", root=str(tmp_path))
+    assert first != second and first.parent == second.parent
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="last.ckpt"):
         prepare_run_dir(Schema(), None, "job", resume=True, root=str(tmp_path))
