@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from tasks.audio.tokenizer import MuLawTokenizer
 from tasks.audio.transforms import place
 from tasks.runs import (
     TrainerConfig,
+    adamw_warmup_cosine,
     build_trainer,
     load_config,
     plot_confusion_matrix,
@@ -122,18 +122,11 @@ class AudioClassifierModule(pl.LightningModule):
         self.test_pred += logits.argmax(-1).tolist()
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(optimizer_groups(self.model, self.optim.weight_decay), lr=self.optim.lr)
         total = max(1, self.trainer.estimated_stepping_batches)
-        warmup = min(self.optim.warmup_steps, total // 10 + 1)
-
-        def schedule(step: int) -> float:  # linear warmup, then cosine to 10% of the peak
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(
+            optimizer_groups(self.model, self.optim.weight_decay), lr=self.optim.lr, betas=(0.9, 0.999),
+            warmup=min(self.optim.warmup_steps, total // 10 + 1), total_steps=lambda: total, floor=0.1,
+        )  # fmt: skip
 
 
 def build_model(cfg: ClassifyConfig, num_classes: int) -> AudioClassifier:

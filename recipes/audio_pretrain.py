@@ -33,7 +33,15 @@ from tasks.audio.io import write_wav
 from tasks.audio.metrics import bits_per_sample
 from tasks.audio.model import AudioLM, AudioModelConfig
 from tasks.audio.tokenizer import MuLawTokenizer
-from tasks.runs import TrainerConfig, build_trainer, load_config, prepare_run_dir, resolve_ckpt_path, write_metrics_json
+from tasks.runs import (
+    TrainerConfig,
+    adamw_warmup_cosine,
+    build_trainer,
+    load_config,
+    prepare_run_dir,
+    resolve_ckpt_path,
+    write_metrics_json,
+)
 
 log = logging.getLogger("recipes.audio_pretrain")
 CONFIG_DIR = Path(__file__).parent / "configs" / "audio_pretrain"
@@ -99,19 +107,11 @@ class AudioLMModule(pl.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(optimizer_groups(self.model, self.optim.weight_decay), lr=self.optim.lr,
-                                      betas=(0.9, 0.95))  # fmt: skip
         total = max(1, self.trainer.estimated_stepping_batches)
-        warmup = min(self.optim.warmup_steps, total // 10 + 1)
-
-        def schedule(step: int) -> float:  # linear warmup, then cosine to 10% of the peak
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(
+            optimizer_groups(self.model, self.optim.weight_decay), lr=self.optim.lr, betas=(0.9, 0.95),
+            warmup=min(self.optim.warmup_steps, total // 10 + 1), total_steps=lambda: total, floor=0.1,
+        )  # fmt: skip
 
 
 def build_model(cfg: PretrainConfig) -> AudioLM:

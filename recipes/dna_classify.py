@@ -20,7 +20,6 @@ metrics.json (test accuracy, MCC, F1, ROC-AUC of the model and of the baseline).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from tasks.genomics.tokenizer import DNATokenizer
 from tasks.lm import MambaLM, MambaLMConfig
 from tasks.runs import (
     TrainerConfig,
+    adamw_warmup_cosine,
     build_trainer,
     load_config,
     plot_confusion_matrix,
@@ -163,17 +163,10 @@ class DNAClassifyModule(pl.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optim_cfg
-        optimizer = torch.optim.AdamW(optimizer_groups(self.model, cfg["weight_decay"]), lr=cfg["lr"],
-                                      betas=tuple(cfg["betas"]))  # fmt: skip
-
-        def schedule(step: int) -> float:  # linear warm-up, then cosine to min_lr_ratio
-            if step < cfg["warmup_steps"]:
-                return (step + 1) / cfg["warmup_steps"]
-            progress = min(1.0, (step - cfg["warmup_steps"]) / max(1, self.total_steps - cfg["warmup_steps"]))
-            return cfg["min_lr_ratio"] + (1 - cfg["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(
+            optimizer_groups(self.model, cfg["weight_decay"]), lr=cfg["lr"], betas=cfg["betas"],
+            warmup=cfg["warmup_steps"], total_steps=lambda: self.total_steps, floor=cfg["min_lr_ratio"],
+        )  # fmt: skip
 
 
 def build_data(cfg: DataConfig, seed: int) -> GUEDataModule | SpeciesDataModule:

@@ -38,6 +38,7 @@ from tasks.lm import MambaLM, MambaLMConfig
 from tasks.runs import (
     TimeBudget,
     TrainerConfig,
+    adamw_warmup_cosine,
     build_trainer,
     load_config,
     prepare_run_dir,
@@ -119,19 +120,12 @@ class DNAPretrainModule(pl.LightningModule):
                 self.log(f"{name}/{key}", value, prog_bar=name == "val" and key == "bits_per_base")
             metric.reset()
 
-    def lr_factor(self, step: int) -> float:
-        """Linear warm-up, then cosine decay to `min_lr_ratio` at `total_steps`."""
-        warmup, floor = self.optim_cfg["warmup_steps"], self.optim_cfg["min_lr_ratio"]
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
     def configure_optimizers(self):
-        groups = optimizer_groups(self.model, self.optim_cfg["weight_decay"])
-        optimizer = torch.optim.AdamW(groups, lr=self.optim_cfg["lr"], betas=tuple(self.optim_cfg["betas"]))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        cfg = self.optim_cfg
+        return adamw_warmup_cosine(
+            optimizer_groups(self.model, cfg["weight_decay"]), lr=cfg["lr"], betas=cfg["betas"],
+            warmup=cfg["warmup_steps"], total_steps=lambda: self.total_steps, floor=cfg["min_lr_ratio"],
+        )  # fmt: skip
 
 
 def build_module(cfg: DNAPretrainConfig, datamodule: PretrainDataModule) -> DNAPretrainModule:

@@ -18,14 +18,16 @@ import datetime as _dt
 import importlib.util
 import json
 import logging
+import math
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -329,3 +331,31 @@ class TimeBudget(pl.Callback):
             log.info("time budget %.1f min: %.1f ms/step -> max_steps=%d", self.budget_s / 60, per_step * 1e3, steps)
         if now - self.fit_start > self.budget_s:
             trainer.should_stop = True
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
+    """LR multiplier: linear warm-up over `warmup` steps, then cosine decay to `floor` at step `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def adamw_warmup_cosine(
+    param_groups: list[dict],
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    warmup: int,
+    total_steps: Callable[[], int],
+    floor: float,
+) -> dict:
+    """AdamW + per-step warm-up/cosine schedule, as `configure_optimizers` returns it.
+
+    `total_steps` is read at every step, so a `TimeBudget` that shortens training also shortens the schedule.
+    """
+    optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup, total_steps(), floor)
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

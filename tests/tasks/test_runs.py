@@ -63,3 +63,13 @@ def test_loss_curve_plot(tmp_path):
     csv_path = tmp_path / "metrics.csv"
     csv_path.write_text("step,train/loss,val/loss\n0,2.0,\n1,1.5,\n1,,1.6\n")
     assert plot_metric_curves(csv_path, ("train/loss", "val/loss"), tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_warmup_cosine_schedule_endpoints():
+    from tasks.runs import warmup_cosine
+
+    assert warmup_cosine(0, warmup=10, total=100, floor=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(9, warmup=10, total=100, floor=0.1) == pytest.approx(1.0)
+    assert warmup_cosine(10, warmup=10, total=100, floor=0.1) == pytest.approx(1.0)
+    assert warmup_cosine(100, warmup=10, total=100, floor=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(500, warmup=10, total=100, floor=0.1) == pytest.approx(0.1)
