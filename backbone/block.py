@@ -33,6 +33,8 @@ class MambaBlock(nn.Module):
         self.residual_in_fp32 = config.residual_in_fp32
         self.norm = AddNorm(config.d_model, rms=config.rms_norm, eps=config.norm_epsilon)
         self.mixer = MambaMixer(config)
+        # Identity when unused, so inference and the public checkpoints pay nothing for it.
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def _add_norm(self, hidden, residual):
         return self.norm(hidden, residual, prenorm=True, residual_in_fp32=self.residual_in_fp32)
@@ -47,7 +49,7 @@ class MambaBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`hidden`, `residual`: `[B, L, D]` (residual None in the first block) -> (mixer output, new residual)."""
         normed, residual = self._add_norm(hidden, residual)
-        return self.mixer(normed, cache, continuing=continuing), residual
+        return self.dropout(self.mixer(normed, cache, continuing=continuing)), residual
 
     def step(self, hidden: torch.Tensor, residual: torch.Tensor | None, cache: LayerCache):
         """Decoding: `[B, D]` tensors, same contract as `forward`."""

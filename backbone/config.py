@@ -26,6 +26,8 @@ class MambaConfig:
         residual_in_fp32: keep the residual stream in fp32 under mixed precision.
         norm_epsilon: epsilon of every norm.
         rescale_prenorm_residual: scale out_proj by 1/sqrt(n_layer) at init (GPT-2's pre-norm residual rule).
+        dropout: dropout on each block's mixer output before it joins the residual stream (training only; the public
+            checkpoints use 0). Small corpora such as tinyshakespeare need it.
     """
 
     d_model: int = 768
@@ -45,6 +47,7 @@ class MambaConfig:
     residual_in_fp32: bool = True
     norm_epsilon: float = 1e-5
     rescale_prenorm_residual: bool = True
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layer", "d_state", "expand"):
@@ -54,6 +57,8 @@ class MambaConfig:
             raise ValueError(f"MambaConfig.d_conv must be >= 2, got {self.d_conv}")
         if isinstance(self.dt_rank, str) and self.dt_rank != "auto":
             raise ValueError(f"MambaConfig.dt_rank must be a positive int or 'auto', got {self.dt_rank!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"MambaConfig.dropout must be in [0, 1), got {self.dropout}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"MambaConfig needs 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
 

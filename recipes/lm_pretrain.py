@@ -80,7 +80,7 @@ class ModelConfig:
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
-    dropout: float = 0.0  # on the embeddings and on the final hidden states (tinyshakespeare overfits quickly)
+    dropout: float = 0.0  # on the embeddings, each block's mixer output and the final hidden states
 
 
 @dataclass
@@ -111,8 +111,7 @@ class LMPretrainModule(pl.LightningModule):
     def __init__(self, model_cfg: dict, optim_cfg: dict, vocab_size: int, evals: dict[str, float], max_steps: int):
         super().__init__()
         self.save_hyperparameters()
-        model_cfg = dict(model_cfg)
-        self.dropout = nn.Dropout(model_cfg.pop("dropout"))
+        self.dropout = nn.Dropout(model_cfg["dropout"])  # the backbone applies the same rate inside each block
         self.model = MambaLM(MambaLMConfig(MambaConfig(**model_cfg), vocab_size=vocab_size))
         self.optim_cfg = optim_cfg
         self.eval_names = list(evals)
@@ -121,7 +120,7 @@ class LMPretrainModule(pl.LightningModule):
         self.total_steps = max_steps  # the LR schedule's length; the time-budget callback may shorten it
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """`[B, L]` -> logits `[B, L, V]`; `MambaLM.forward` with dropout around the backbone."""
+        """`[B, L]` -> logits `[B, L, V]`; `MambaLM.forward` with dropout around (and inside) the backbone."""
         hidden = self.model.backbone(self.dropout(self.model.embedding(input_ids)))
         return self.model.lm_head(self.dropout(hidden))
 
