@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 import triton
-from triton.testing import do_bench
+from triton.testing import do_bench, do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -78,7 +78,17 @@ def bench(fn, rep=100) -> float:
     return do_bench(fn, warmup=25, rep=rep, return_mode="median") * 1e3  # us
 
 
-def record(op, shape, impl, us, moved, err=None, note=""):
+def bench_graph(fn) -> float | None:
+    """GPU time alone: `fn` captured in a CUDA graph and replayed, so host-side launch and autograd overhead (which
+    dominates small kernels called from Python, e.g. the conv's ~600 us fwd+bwd wall time) is left out."""
+    try:
+        return do_bench_cudagraph(fn, rep=50, return_mode="median") * 1e3
+    except Exception as err:  # noqa: BLE001 - report and keep benchmarking the rest
+        print(f"   CUDA-graph timing failed: {type(err).__name__}: {str(err).splitlines()[0][:100]}", flush=True)
+        return None
+
+
+def record(op, shape, impl, us, moved, err=None, note="", graph_us=None):
     key = (op, tuple(shape))
     anchor = ANCHORS_US.get(key) if impl == "triton" else None
     row = dict(
@@ -86,6 +96,7 @@ def record(op, shape, impl, us, moved, err=None, note=""):
         shape=list(shape),
         impl=impl,
         us=round(us, 2),
+        graph_us=round(graph_us, 2) if graph_us else None,
         tb_s=round(moved / us / 1e6, 3) if moved else None,
         rel_err=err,
         anchor_us=anchor,
@@ -96,6 +107,7 @@ def record(op, shape, impl, us, moved, err=None, note=""):
     ROWS.append(row)
     print(
         f"{op:<14} {str(tuple(shape)):<24} {impl:<16} {us:>11.1f} us  {row['tb_s'] or 0:>6.2f} TB/s"
+        + (f"  (GPU alone {graph_us:.1f} us)" if graph_us else "")
         + (f"  err {err:.1e}" if err is not None else "")
         + (f"  anchor {anchor:.1f} us (x{anchor / us:.2f} faster)" if anchor else "")
         + (f"  target {row['target_us']}" if row["target_us"] else "")
@@ -164,7 +176,7 @@ def bench_scan(shape, *, fwd_bwd=True, check_grads=False, check_channels=None, c
             return torch.autograd.grad(out, list(leaves.values()), dout)
 
         moved = moved_fwd + nbytes(*inputs.values()) + nbytes(dout) + nbytes(*inputs.values())
-        record("scan fwd+bwd", shape, "triton", bench(step), moved, worst, note)
+        record("scan fwd+bwd", shape, "triton", bench(step), moved, worst, note, graph_us=bench_graph(step))
         if compare_reductions:
             scan.DBC_REDUCTION = "atomics"
             record("scan fwd+bwd", shape, "triton dB/dC atomics", bench(step), moved, note="dB/dC by fp32 atomics")
@@ -234,7 +246,8 @@ def bench_conv(shape, width=4, *, fwd=True):
     )
     gerr = max(rel_err(a, c) for a, c in zip(g, gr))
     moved_fb = moved + nbytes(x, w, b, dout) + nbytes(x, w, b)
-    record("conv fwd+bwd", shape, "triton", bench(lambda: step(conv.causal_conv1d)), moved_fb, max(err, gerr))
+    record("conv fwd+bwd", shape, "triton", bench(lambda: step(conv.causal_conv1d)), moved_fb, max(err, gerr),
+           graph_us=bench_graph(lambda: step(conv.causal_conv1d)))  # fmt: skip
 
 
 def bench_norm(rows=16384, hidden=1536):
@@ -415,11 +428,14 @@ def write_results(args, quiet=False):
         f"# Kernel benchmarks on {gpu}",
         "",
         f"torch {torch.__version__}, triton {triton.__version__}; `python benchmarks/kernels.py`; "
-        "median of triton.testing.do_bench; TB/s counts each input read once and each output written once; "
+        "median of triton.testing.do_bench (wall time, host overhead included); 'GPU alone' replays a CUDA graph "
+        "of the same call (do_bench_cudagraph), i.e. kernel time without Python/autograd launch cost; "
+        "TB/s counts each input read once and each output written once; "
         "anchors are mamba-ssm 2.3.2 / causal-conv1d 1.7.0 on an H100 (PERFORMANCE.md).",
         "",
-        "| op | shape | impl | time (us) | TB/s | rel err | anchor (us) | anchor / ours | target (us) | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| op | shape | impl | time (us) | GPU alone (us) | TB/s | rel err | anchor (us) | anchor / ours | target (us) "
+        "| note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ROWS:
         if r["op"].startswith("sweep"):
@@ -429,6 +445,7 @@ def write_results(args, quiet=False):
             str(tuple(r["shape"])),
             r["impl"],
             f"{r['us']:.1f}",
+            f"{r['graph_us']:.1f}" if r.get("graph_us") else "",
             r.get("tb_s") or "",
             f"{r['rel_err']:.1e}" if r.get("rel_err") is not None else "",
             r.get("anchor_us") or "",

@@ -31,8 +31,17 @@ from torch import nn
 from backbone import MambaConfig
 from backbone.init import optimizer_groups
 from tasks.data_sources import cache_root, resolve
-from tasks.language.data import NAMED_TEXT, TextDataModule, TokenizedText, load_corpus, read_text, tokenize_cached
-from tasks.language.metrics import LanguageModelMetrics, token_nll
+from tasks.distributed import throughput_metrics, unsharded_state_dict
+from tasks.language.data import (
+    NAMED_TEXT,
+    NAMED_TOKENIZERS,
+    TextDataModule,
+    TokenizedText,
+    load_corpus,
+    read_text,
+    tokenize_cached,
+)
+from tasks.language.metrics import LanguageModelMetrics, bits_per_char, streamed_nll, token_nll
 from tasks.language.tokenizer import TextTokenizer
 from tasks.lm import MambaLM, MambaLMConfig
 from tasks.runs import (
@@ -56,7 +65,7 @@ class TokenizerConfig:
     kind: Literal["bpe", "file"] = "bpe"  # bpe: train a byte-level BPE on the training split; file: load `path`
     vocab_size: int = 2048  # bpe only; 258 = bytes + 2 special tokens (no merges)
     min_frequency: int = 2
-    path: str | None = None  # a tokenizer.json, for kind=file (e.g. GPT-NeoX-20B's)
+    path: str | None = None  # kind=file: a tokenizer.json, or a named one (gpt-neox-20b, found like named data)
 
 
 @dataclass
@@ -70,6 +79,11 @@ class DataConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     num_workers: int = 0
+    # After training, also score these evaluation sets with the best checkpoint as one stream, the recurrent state
+    # carried across chunks (every token sees all the text before it; see `streamed_nll`):
+    # `<name>/bits_per_char_streamed`.
+    stream_eval: list[str] = field(default_factory=lambda: ["val"])
+    stream_chunk_len: int = 1024
     cache_dir: str | None = None  # token caches; default $MAMBALAB_CACHE/tokens
 
 
@@ -127,7 +141,7 @@ class LMPretrainModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         nats, count = token_nll(self(batch["input_ids"]), batch["targets"])
         loss = nats / count.clamp(min=1)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss under DDP
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -156,7 +170,8 @@ def build_tokenizer(cfg: TokenizerConfig, train_docs: list[str], cache_dir: Path
     if cfg.kind == "file":
         if not cfg.path:
             raise ValueError("tokenizer.kind=file needs tokenizer.path (a tokenizer.json)")
-        return TextTokenizer.from_file(cfg.path)
+        named = NAMED_TOKENIZERS.get(cfg.path)
+        return TextTokenizer.from_file(resolve(named) if named else cfg.path)
     digest = hashlib.sha256(f"{cfg.vocab_size}:{cfg.min_frequency}".encode())
     for doc in train_docs:
         digest.update(hashlib.sha256(doc.encode()).digest())
@@ -192,6 +207,9 @@ def build_data(cfg: LMPretrainConfig) -> tuple[TextDataModule, TextTokenizer]:
         name = item.removesuffix("_valid") if item in NAMED_TEXT else Path(item).stem
         docs = load_corpus([path], 0.0, data.document_separator)[0]
         evals[name] = tokenize_cached(name, docs, tokenizer, cache_dir)
+    unknown = sorted(set(data.stream_eval) - set(evals))
+    if unknown:  # checked now, not after training
+        raise ValueError(f"data.stream_eval: {unknown} are not evaluation sets ({sorted(evals)})")
     module = TextDataModule(
         train, evals, seq_len=data.seq_len, batch_size=data.batch_size, eval_batch_size=data.eval_batch_size,
         eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, num_workers=data.num_workers,
@@ -213,6 +231,19 @@ def build_module(cfg: LMPretrainConfig, datamodule: TextDataModule, tokenizer: T
     return LMPretrainModule(asdict(cfg.model), asdict(cfg.optim), tokenizer.vocab_size, evals, cfg.trainer.max_steps)
 
 
+def evaluate_streamed(model: MambaLM, datamodule: TextDataModule, data: DataConfig, eos_id: int) -> dict[str, float]:
+    """`<name>/bits_per_char_streamed` for each of `data.stream_eval` (on the GPU when there is one)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device).eval()
+    results = {}
+    for name in data.stream_eval:
+        text = datamodule.evals[name]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            nats, _ = streamed_nll(model, text.tokens, eos_id, chunk_len=data.stream_chunk_len)
+        results[f"{name}/bits_per_char_streamed"] = bits_per_char(nats, text.n_chars)
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict:
     import sys
 
@@ -225,7 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info("model: %.2fM parameters, vocab %d; run dir %s", n_params / 1e6, tokenizer.vocab_size, run_dir)
     callbacks = [TimeBudget(cfg.time_budget_minutes, probe=(20, 60), reserve=0.1)] if cfg.time_budget_minutes else []
-    trainer = build_trainer(cfg.trainer, run_dir, monitor="val/loss", mode="min", extra_callbacks=callbacks)
+    trainer = build_trainer(cfg.trainer, run_dir, monitor="val/loss", mode="min", extra_callbacks=callbacks,
+                            tokens_key="input_ids")  # fmt: skip
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
     train_s = time.perf_counter() - start
@@ -243,13 +275,18 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
     metrics |= {f"{name}/tokens_per_char": t.tokens_per_char for name, t in datamodule.evals.items()}
+    metrics |= throughput_metrics(trainer)
+    # The best checkpoint's weights (trainer.validate loaded them), unsharded: every rank takes part under FSDP.
+    weights = unsharded_state_dict(trainer)
     if not trainer.is_global_zero:  # under DDP/FSDP every rank gets here; one writes
         return metrics
+    model = MambaLM(module.model.config)
+    model.load_state_dict(weights)
+    metrics |= evaluate_streamed(model, datamodule, cfg.data, tokenizer.eos_id)
     write_metrics_json(run_dir, metrics)
-    # The export is the best checkpoint's weights (trainer.validate loaded them into `module`).
-    export = module.model.save_pretrained(run_dir / "model")
+    export = model.save_pretrained(run_dir / "model")
     tokenizer.save(export / "tokenizer.json")
-    log.info("validation: %s; exported %s", {k: v for k, v in metrics.items() if "bits_per_char" in k}, export)
+    log.info("evaluation: %s; exported %s", {k: v for k, v in metrics.items() if "bits_per_char" in k}, export)
     return metrics
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
@@ -80,3 +81,37 @@ class LanguageModelMetrics(Metric):
             "perplexity": torch.exp(loss.clamp(max=700)).float(),
             "bits_per_char": (loss / math.log(2) * self.tokens_per_char).float(),
         }
+
+
+@torch.no_grad()
+def streamed_nll(model, tokens: np.ndarray, eos_id: int, *, chunk_len: int = 1024) -> tuple[float, int]:
+    """Score a whole token stream as one sequence, carrying the recurrent state from chunk to chunk.
+
+    Windowed evaluation (`PackedTokenDataset`) restarts every window from an empty state, so a position sees on
+    average half a window of context. A recurrent model can instead predict every token from all the text before it:
+    the stream is fed in chunks of `chunk_len` tokens through `model(input_ids, cache)`, the cache continuing across
+    chunks, which is the text's exact log-likelihood under the model. The scored targets are the windowed ones (a
+    target whose input is EOS is not scored), so `bits_per_char(nats, n_chars)` compares directly.
+
+    Args:
+        model: a `MambaLM` (anything with `allocate_cache(batch)` and `forward(input_ids [1, L], cache)`), in eval mode.
+        tokens: the `doc EOS doc EOS ...` stream, `[n_tokens]` (`TokenizedText.tokens`).
+        eos_id: the end-of-document id.
+        chunk_len: tokens per forward pass (memory, not the result, depends on it).
+
+    Returns:
+        `(total nats, scored targets)`.
+    """
+    if chunk_len < 1:
+        raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
+    device = next(model.parameters()).device
+    cache = model.allocate_cache(batch=1)
+    nats, count = 0.0, 0
+    for start in range(0, len(tokens) - 1, chunk_len):
+        chunk = torch.from_numpy(np.asarray(tokens[start : start + chunk_len + 1], dtype=np.int64)).to(device)
+        inputs, targets = chunk[:-1], chunk[1:].clone()
+        targets[inputs == eos_id] = IGNORE_INDEX
+        chunk_nats, chunk_count = token_nll(model(inputs[None], cache), targets[None])
+        nats += float(chunk_nats)
+        count += int(chunk_count)
+    return nats, count
