@@ -74,6 +74,9 @@ def rel_err(fast, ref) -> float:
     return ((fast - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
+MAIN_IMPLS = ("triton", "triton channel-last")  # the rows compared with the anchors and targets
+
+
 def bench(fn, rep=100) -> float:
     return do_bench(fn, warmup=25, rep=rep, return_mode="median") * 1e3  # us
 
@@ -90,7 +93,7 @@ def bench_graph(fn) -> float | None:
 
 def record(op, shape, impl, us, moved, err=None, note="", graph_us=None):
     key = (op, tuple(shape))
-    anchor = ANCHORS_US.get(key) if impl == "triton" else None
+    anchor = ANCHORS_US.get(key) if impl in MAIN_IMPLS else None
     row = dict(
         op=op,
         shape=list(shape),
@@ -101,7 +104,7 @@ def record(op, shape, impl, us, moved, err=None, note="", graph_us=None):
         rel_err=err,
         anchor_us=anchor,
         vs_anchor=round(anchor / us, 2) if anchor else None,
-        target_us=TARGETS_US.get(key) if impl == "triton" else None,
+        target_us=TARGETS_US.get(key) if impl in MAIN_IMPLS else None,
         note=note,
     )
     ROWS.append(row)
@@ -117,18 +120,26 @@ def record(op, shape, impl, us, moved, err=None, note="", graph_us=None):
     return row
 
 
-def scan_inputs(batch, dim, seqlen, dstate, device="cuda"):
-    bf = dict(device=device, dtype=torch.bfloat16)
+def sequence(batch, channels, seqlen, *, channel_last=False, **kw):
+    """`(batch, channels, seqlen)` noise; channel-last = a transposed view of `[batch, seqlen, channels]` memory, the
+    layout the mixer hands the kernels (its Linear layers work on `[B, L, D]`)."""
+    if channel_last:
+        return torch.randn(batch, seqlen, channels, **kw).transpose(1, 2)
+    return torch.randn(batch, channels, seqlen, **kw)
+
+
+def scan_inputs(batch, dim, seqlen, dstate, device="cuda", channel_last=False):
+    bf = dict(device=device, dtype=torch.bfloat16, channel_last=channel_last)
     dt0 = torch.exp(torch.rand(dim, device=device) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
     return dict(
-        u=torch.randn(batch, dim, seqlen, **bf),
-        delta=0.5 * torch.randn(batch, dim, seqlen, **bf),
+        u=sequence(batch, dim, seqlen, **bf),
+        delta=0.5 * sequence(batch, dim, seqlen, **bf),
         A=-torch.arange(1, dstate + 1, device=device, dtype=torch.float32).repeat(dim, 1)
         * (0.5 + torch.rand(dim, 1, device=device)),
-        B=torch.randn(batch, dstate, seqlen, **bf),
-        C=torch.randn(batch, dstate, seqlen, **bf),
+        B=sequence(batch, dstate, seqlen, **bf),
+        C=sequence(batch, dstate, seqlen, **bf),
         D=torch.randn(dim, device=device),
-        z=torch.randn(batch, dim, seqlen, **bf),
+        z=sequence(batch, dim, seqlen, **bf),
         delta_bias=dt0 + torch.log(-torch.expm1(-dt0)),  # inverse softplus, as mamba's dt init
     )
 
@@ -155,9 +166,12 @@ def scan_check(inputs, channels=None, grads=True):
     return errs
 
 
-def bench_scan(shape, *, fwd_bwd=True, check_grads=False, check_channels=None, compare_reductions=False):
+def bench_scan(
+    shape, *, fwd_bwd=True, check_grads=False, check_channels=None, compare_reductions=False, channel_last=False
+):
     batch, dim, seqlen, dstate = shape
-    inputs = scan_inputs(*shape)
+    inputs = scan_inputs(*shape, channel_last=channel_last)
+    impl = "triton channel-last" if channel_last else "triton"
     errs = scan_check(inputs, channels=check_channels, grads=check_grads)
     worst = max(errs.values())
     note = "" if check_channels is None else f"checked on {check_channels} channels"
@@ -166,7 +180,7 @@ def bench_scan(shape, *, fwd_bwd=True, check_grads=False, check_channels=None, c
     moved_fwd = nbytes(*inputs.values()) + nbytes(inputs["u"])
     with torch.no_grad():
         us = bench(lambda: scan.selective_scan(**inputs, delta_softplus=True))
-    record("scan fwd", shape, "triton", us, moved_fwd, errs["out"], note)
+    record("scan fwd", shape, impl, us, moved_fwd, errs["out"], note)
     if fwd_bwd:
         leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
         dout = torch.randn_like(inputs["u"])
@@ -176,7 +190,7 @@ def bench_scan(shape, *, fwd_bwd=True, check_grads=False, check_channels=None, c
             return torch.autograd.grad(out, list(leaves.values()), dout)
 
         moved = moved_fwd + nbytes(*inputs.values()) + nbytes(dout) + nbytes(*inputs.values())
-        record("scan fwd+bwd", shape, "triton", bench(step), moved, worst, note, graph_us=bench_graph(step))
+        record("scan fwd+bwd", shape, impl, bench(step), moved, worst, note, graph_us=bench_graph(step))
         if compare_reductions:
             scan.DBC_REDUCTION = "atomics"
             record("scan fwd+bwd", shape, "triton dB/dC atomics", bench(step), moved, note="dB/dC by fp32 atomics")
@@ -220,9 +234,10 @@ def bench_conv_refs(shape, width=4):
     record("conv fwd+bwd", shape, "torch.compile ref", bench(lambda: step(compiled)), moved_fb)
 
 
-def bench_conv(shape, width=4, *, fwd=True):
+def bench_conv(shape, width=4, *, fwd=True, channel_last=False):
     batch, dim, seqlen = shape
-    x = torch.randn(batch, dim, seqlen, device="cuda", dtype=torch.bfloat16)
+    impl = "triton channel-last" if channel_last else "triton"
+    x = sequence(batch, dim, seqlen, device="cuda", dtype=torch.bfloat16, channel_last=channel_last)
     w = torch.randn(dim, width, device="cuda") / width
     b = torch.randn(dim, device="cuda")
     dout = torch.randn_like(x)
@@ -232,7 +247,7 @@ def bench_conv(shape, width=4, *, fwd=True):
     if fwd:
         with torch.no_grad():
             record(
-                "conv fwd", shape, "triton", bench(lambda: conv.causal_conv1d(x, w, b, activation="silu")), moved, err
+                "conv fwd", shape, impl, bench(lambda: conv.causal_conv1d(x, w, b, activation="silu")), moved, err
             )
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]
 
@@ -246,7 +261,7 @@ def bench_conv(shape, width=4, *, fwd=True):
     )
     gerr = max(rel_err(a, c) for a, c in zip(g, gr))
     moved_fb = moved + nbytes(x, w, b, dout) + nbytes(x, w, b)
-    record("conv fwd+bwd", shape, "triton", bench(lambda: step(conv.causal_conv1d)), moved_fb, max(err, gerr),
+    record("conv fwd+bwd", shape, impl, bench(lambda: step(conv.causal_conv1d)), moved_fb, max(err, gerr),
            graph_us=bench_graph(lambda: step(conv.causal_conv1d)))  # fmt: skip
 
 
@@ -381,33 +396,31 @@ def sweep_scan(shape=(8, 1536, 2048, 16)):
 
 
 def sweep_conv(shape=(8, 1536, 2048), width=4):
-    """Time a few tile shapes of the conv forward and backward; keep the fastest in conv.CONFIGS for this run."""
-    x = torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    """Time a few tile shapes of the conv forward and backward in both layouts (GPU time alone, CUDA graphs: the
+    wall time of a call is host-bound); keep the fastest in conv.CONFIGS for this run."""
     w = (torch.randn(shape[1], width, device="cuda") / width).requires_grad_()
     b = torch.randn(shape[1], device="cuda", requires_grad=True)
-    dout = torch.randn_like(x)
-    for kind in ("fwd", "bwd"):
-        results = []
-        for block_d, block_l, warps in [(16, 128, 4), (8, 256, 4), (32, 64, 4), (16, 64, 2)]:
-            conv.CONFIGS[kind] = dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
-            if kind == "fwd":
-                with torch.no_grad():
-                    us = bench(lambda: conv.causal_conv1d(x, w, b, activation="silu"), rep=50)
-            else:
-                out = conv.causal_conv1d(x, w, b, activation="silu")
-                us = bench(lambda out=out: torch.autograd.grad(out, (x, w, b), dout, retain_graph=True), rep=50)
-            print(f"sweep conv {kind} BLOCK_D={block_d} BLOCK_L={block_l} warps={warps}: {us:.1f} us", flush=True)
-            results.append((us, dict(conv.CONFIGS[kind])))
-            ROWS.append(
-                dict(
-                    op=f"sweep conv {kind}",
-                    shape=list(shape),
-                    impl="triton",
-                    us=round(us, 1),
-                    note=str(conv.CONFIGS[kind]),
-                )
-            )
-        conv.CONFIGS[kind] = min(results, key=lambda r: r[0])[1]
+    for layout in ("", "_channel_last"):
+        x = sequence(*shape, device="cuda", dtype=torch.bfloat16, channel_last=bool(layout)).requires_grad_()
+        dout = torch.randn_like(x)
+        for kind in ("fwd", "bwd"):
+            key, results = kind + layout, []
+            for block_d, block_l, warps in [(16, 128, 4), (8, 256, 4), (32, 64, 4), (64, 32, 4), (128, 16, 4),
+                                            (64, 64, 8), (16, 64, 2)]:  # fmt: skip
+                conv.CONFIGS[key] = dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+                if kind == "fwd":
+                    with torch.no_grad():
+                        us = bench_graph(lambda x=x: conv.causal_conv1d(x, w, b, activation="silu"))
+                else:
+                    us = bench_graph(lambda x=x, dout=dout: torch.autograd.grad(
+                        conv.causal_conv1d(x, w, b, activation="silu"), (x, w, b), dout))  # fmt: skip
+                if us is None:
+                    continue
+                print(f"sweep conv {key} BLOCK_D={block_d} BLOCK_L={block_l} warps={warps}: {us:.1f} us", flush=True)
+                results.append((us, dict(conv.CONFIGS[key])))
+                ROWS.append(dict(op=f"sweep conv {key}", shape=list(shape), impl="triton", us=round(us, 1),
+                                 note=str(conv.CONFIGS[key])))  # fmt: skip
+            conv.CONFIGS[key] = min(results, key=lambda r: r[0])[1]
     print(f"sweep best: conv {conv.CONFIGS}", flush=True)
 
 
@@ -467,21 +480,25 @@ def write_results(args, quiet=False):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true", help="sweep the scan's block shapes first")
+    parser.add_argument("--sweep-conv", action="store_true", help="sweep only the conv's tiles (both layouts) first")
     parser.add_argument("--quick", action="store_true", help="skip the reference and torch.compile timings")
     args = parser.parse_args(argv)
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}", flush=True)
     torch.manual_seed(0)
     if args.sweep:
         sweep_scan()
+    if args.sweep or args.sweep_conv:
         sweep_conv()
     refs = not args.quick
     steps = [
         lambda: bench_scan((8, 1536, 2048, 16), check_grads=True, compare_reductions=True),
+        lambda: bench_scan((8, 1536, 2048, 16), check_grads=True, channel_last=True),
         lambda: bench_scan((4, 5120, 2048, 16), check_channels=512),
         lambda: bench_scan((1, 1536, 65536, 16), check_channels=256, compare_reductions=True),
         lambda: bench_scan((2, 2048, 16384, 16), check_channels=256),
         lambda: bench_scan((8, 1536, 2048, 64), check_channels=512),
         lambda: bench_conv((8, 1536, 2048)),
+        lambda: bench_conv((8, 1536, 2048), channel_last=True),
         lambda: bench_conv((1, 1536, 65536), fwd=True),
         bench_norm,
         bench_decode,

@@ -135,8 +135,16 @@ def _implementation(op: str, device: torch.device):
 
 
 def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
-    # Only the innermost (sequence / hidden) stride must be 1 for the kernels; fix it here, once.
+    # Weights, states and the norms' rows: the kernels need stride 1 on the last dim; fix it here, once.
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
+def _sequence(t: torch.Tensor | None) -> torch.Tensor | None:
+    # Sequences `(batch, ..., channels, seqlen)`: the kernels take a stride for every axis and read time-major memory
+    # (time stride 1) and channel-last memory (channel/state stride 1, a transposed `[batch, seqlen, channels]`) as
+    # they are, so the mixer's transposed views cost no copy. Copy only where neither stride is 1 (no load would
+    # coalesce).
+    return t if t is None or t.stride(-1) == 1 or t.stride(-2) == 1 else t.contiguous()
 
 
 def selective_scan(
@@ -159,10 +167,13 @@ def selective_scan(
         u, delta: `(batch, dim, seqlen)`; z: same shape or None.
         A: `(dim, dstate)` fp32.  B, C: `(batch, dstate, seqlen)` or `(batch, groups, dstate, seqlen)`.
         D, delta_bias: `(dim,)` or None.  initial_state: `(batch, dim, dstate)` or None (gradients flow into it).
+        The sequences (u, delta, z, B, C) may be channel-last (e.g. `xz[..., :d].transpose(1, 2)` of a
+        `[batch, seqlen, 2 * d]` projection): the Triton path reads them without a copy.
 
     Returns:
         out `(batch, dim, seqlen)` in u's dtype; with `return_last_state`, `(out, last_state)` where last_state is
-        `(batch, dim, dstate)` fp32.
+        `(batch, dim, dstate)` fp32. On the Triton path out (and du, ddelta, dz, dB, dC) are channel-last where
+        their input is, so `out.transpose(1, 2)` is a contiguous `[batch, seqlen, dim]`.
     """
     check_tensor("u", u, 3)
     batch, dim, seqlen = u.shape
@@ -185,7 +196,14 @@ def selective_scan(
     check_same_device("u", u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state)
     fn = _implementation("selective_scan", u.device)
     return fn(
-        *map(_contiguous, (u, delta, A, B, C, D, z, delta_bias)),
+        _sequence(u),
+        _sequence(delta),
+        _contiguous(A),
+        _sequence(B),
+        _sequence(C),
+        _contiguous(D),
+        _sequence(z),
+        _contiguous(delta_bias),
         delta_softplus=delta_softplus,
         return_last_state=return_last_state,
         initial_state=_contiguous(initial_state),
@@ -248,9 +266,10 @@ def causal_conv1d(
 ):
     """Depthwise causal conv1d (+ SiLU). Math in `kernels/causal_conv1d/ref.py`.
 
-    x: `(batch, dim, seqlen)`; weight `(dim, width)` with width >= 2; bias `(dim,)`; initial_state
-    `(batch, dim, width - 1)`. Returns out `(batch, dim, seqlen)` and, with `return_final_state`, the final state
-    `(batch, dim, width - 1)`.
+    x: `(batch, dim, seqlen)`, time-major or channel-last (read without a copy on the Triton path); weight
+    `(dim, width)` with width >= 2; bias `(dim,)`; initial_state `(batch, dim, width - 1)`. Returns out
+    `(batch, dim, seqlen)` (on the Triton path in x's layout, and dx too) and, with `return_final_state`, the final
+    state `(batch, dim, width - 1)`.
     """
     check_tensor("x", x, 3)
     batch, dim, _ = x.shape
@@ -266,7 +285,7 @@ def causal_conv1d(
     check_same_device("x", x, weight=weight, bias=bias, initial_state=initial_state)
     fn = _implementation("causal_conv1d", x.device)
     return fn(
-        _contiguous(x),
+        _sequence(x),
         _contiguous(weight),
         bias,
         activation="silu" if activation in ("silu", "swish") else None,

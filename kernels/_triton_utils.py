@@ -7,7 +7,15 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["call_op", "empty", "poisoning", "unit_stride"]
+__all__ = [
+    "call_op",
+    "channel_last",
+    "empty",
+    "empty_sequence",
+    "poisoning",
+    "sequence_strides",
+    "unit_stride",
+]
 
 
 def poisoning() -> bool:
@@ -34,9 +42,44 @@ def call_op(name: str, launcher, *args):
 
 
 def unit_stride(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-    """The kernels index the last dim with stride 1: copy only a tensor that lacks it (the public ops already fix
-    this; a compiled graph may still hand a custom op another layout)."""
+    """For tensors whose last dim the kernels index with stride 1 (weights, states, the norm's rows): copy only a
+    tensor that lacks it (the public ops already fix this; a compiled graph may still hand a custom op another
+    layout). Sequences go through `sequence_strides` instead."""
     return tuple(t if t is None or t.dim() == 0 or t.stride(-1) == 1 else t.contiguous() for t in tensors)
+
+
+def sequence_strides(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Sequences `(batch, ..., channels, seqlen)` are indexed with a stride on every axis, so the kernels read any
+    layout; copy only a tensor whose time (-1) and channel/state (-2) strides are both != 1, where no load would
+    coalesce. Time-major memory and channel-last memory (a transposed `[batch, seqlen, channels]`) go through as
+    they are."""
+    return tuple(t if t is None or t.stride(-1) == 1 or t.stride(-2) == 1 else t.contiguous() for t in tensors)
+
+
+def channel_last(t: torch.Tensor) -> bool:
+    """Whether a sequence `(batch, ..., channels, seqlen)` keeps its channels, not its steps, at unit stride: a
+    transposed view of `[batch, seqlen, ..., channels]` memory."""
+    return t.stride(-1) != 1 and t.stride(-2) == 1
+
+
+def empty_sequence(
+    like: torch.Tensor, *, dtype: torch.dtype | None = None, lead: tuple[int, ...] = (), poison: bool = True
+) -> torch.Tensor:
+    """An uninitialised `(*lead, *like.shape)` tensor for an output or gradient of the sequence `like`
+    `(batch, ..., seqlen)`: channel-last (`[*lead, batch, seqlen, ...]` memory, transposed) when `like` is, else
+    contiguous. NaN-filled when `poison` and `poisoning()`. The fake functions call it too (poison=False), so a
+    compiled graph sees the strides the kernels produce."""
+    shape = (*lead, *like.shape)
+    if channel_last(like):
+        k = len(lead)  # memory order: lead, batch, seqlen, the middle axes
+        middle = list(range(k + 2, len(shape)))
+        out = like.new_empty(*shape[: k + 1], shape[-1], *shape[k + 1 : -1], dtype=dtype)
+        out = out.permute(*range(k + 1), *middle, k + 1)
+    else:
+        out = like.new_empty(shape, dtype=dtype)
+    if poison and poisoning() and out.is_floating_point():
+        out.fill_(float("nan"))
+    return out
 
 
 def empty(*shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -15,6 +15,10 @@ Each program owns a `[BLOCK_D, BLOCK_L]` tile of one sequence. The shifted reads
 taps and tiles and are served by the caches, so the forward moves about one read of x and one write of out. The
 backward recomputes `pre` at the W shifted positions it needs instead of storing it; dw/dbias are summed across
 programs with fp32 atomics.
+
+x, out, dout and dx are addressed through (batch, channel, time) strides, so time-major memory and channel-last memory
+(a transposed `[batch, seqlen, dim]`, channel stride 1, as the mixer's in_proj gives it) both go through without a
+copy; out and dx take x's layout. The tile shape is the time-major one (tuned on time-major memory).
 """
 
 from __future__ import annotations
@@ -23,20 +27,30 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_utils import call_op, empty, unit_stride
+from kernels._triton_utils import call_op, channel_last, empty, empty_sequence, sequence_strides, unit_stride
 
 __all__ = ["causal_conv1d"]
 
+# Tile shapes per pass and memory layout. Time-major (time stride 1): long runs along time, tuned on an H100.
+# Channel-last (channel stride 1, the mixer's in_proj views): enough channels per row that each time step's load is
+# one 128-byte line in bf16; see benchmarks/kernels.py --sweep.
 CONFIGS = {
     "fwd": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4),
     "bwd": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4),
+    "fwd_channel_last": dict(BLOCK_D=64, BLOCK_L=32, num_warps=4),
+    "bwd_channel_last": dict(BLOCK_D=64, BLOCK_L=32, num_warps=4),
 }
 
 
+def _config(kind: str, x: torch.Tensor) -> dict:
+    return dict(CONFIGS[f"{kind}_channel_last" if channel_last(x) else kind])
+
+
 @triton.jit
-def _load_xp(x_rows, init_rows, p, seqlen, mask_d, WIDTH: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr):
+def _load_xp(x_rows, stride_x_l, init_rows, p, seqlen, mask_d, WIDTH: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr):
     """`xp[p]` as fp32 `[BLOCK_D, BLOCK_L]`: x where `0 <= p < seqlen`, the initial state where `p < 0`, else 0."""
-    val = tl.load(x_rows + p[None, :], mask=mask_d[:, None] & ((p >= 0) & (p < seqlen))[None, :], other=0.0)
+    x_ptrs = x_rows + p.to(tl.int64)[None, :] * stride_x_l  # time offsets are strided (channel-last) and may pass 2^31
+    val = tl.load(x_ptrs, mask=mask_d[:, None] & ((p >= 0) & (p < seqlen))[None, :], other=0.0)
     val = val.to(tl.float32)
     if HAS_INITIAL_STATE:
         in_state = (p < 0) & (p >= -(WIDTH - 1))
@@ -56,9 +70,13 @@ def _causal_conv1d_fwd_kernel(
     seqlen,
     stride_x_b,
     stride_x_d,
+    stride_x_l,
     stride_w_d,
     stride_init_b,
     stride_init_d,
+    stride_out_b,
+    stride_out_d,
+    stride_out_l,
     WIDTH: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     HAS_INITIAL_STATE: tl.constexpr,
@@ -81,11 +99,14 @@ def _causal_conv1d_fwd_kernel(
         acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
     for k in tl.static_range(WIDTH):
         w_k = tl.load(w_ptr + offs_d64 * stride_w_d + k, mask=mask_d, other=0.0).to(tl.float32)  # [BLOCK_D]
-        acc += w_k[:, None] * _load_xp(x_rows, init_rows, t - (WIDTH - 1) + k, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
+        xp = _load_xp(x_rows, stride_x_l, init_rows, t - (WIDTH - 1) + k, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
+        acc += w_k[:, None] * xp
     if SILU:
         acc = acc * tl.sigmoid(acc)
-    out_rows = out_ptr + pid_b * dim * seqlen + offs_d64[:, None] * seqlen
-    tl.store(out_rows + t[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask_d[:, None] & (t < seqlen)[None, :])
+    out_ptrs = (
+        out_ptr + pid_b * stride_out_b + offs_d64[:, None] * stride_out_d + t.to(tl.int64)[None, :] * stride_out_l
+    )
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_d[:, None] & (t < seqlen)[None, :])
 
 
 @triton.jit
@@ -104,11 +125,16 @@ def _causal_conv1d_bwd_kernel(
     seqlen,
     stride_x_b,
     stride_x_d,
+    stride_x_l,
     stride_w_d,
     stride_init_b,
     stride_init_d,
     stride_dout_b,
     stride_dout_d,
+    stride_dout_l,
+    stride_dx_b,
+    stride_dx_d,
+    stride_dx_l,
     WIDTH: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     HAS_INITIAL_STATE: tl.constexpr,
@@ -138,7 +164,8 @@ def _causal_conv1d_bwd_kernel(
     for k in tl.static_range(WIDTH):
         s = t + (WIDTH - 1 - k)  # [BLOCK_L], the output position that tap k of xp[t] feeds
         mask_s = mask_d[:, None] & ((s >= 0) & (s < seqlen))[None, :]
-        dpre = tl.load(dout_rows + s[None, :], mask=mask_s, other=0.0).to(tl.float32)  # [BLOCK_D, BLOCK_L]
+        dout_ptrs = dout_rows + s.to(tl.int64)[None, :] * stride_dout_l
+        dpre = tl.load(dout_ptrs, mask=mask_s, other=0.0).to(tl.float32)  # [BLOCK_D, BLOCK_L]
         if SILU:
             pre = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
             if HAS_BIAS:
@@ -146,7 +173,7 @@ def _causal_conv1d_bwd_kernel(
             for j in tl.static_range(WIDTH):
                 w_j = tl.load(w_ptr + offs_d64 * stride_w_d + j, mask=mask_d, other=0.0).to(tl.float32)
                 pre += w_j[:, None] * _load_xp(
-                    x_rows, init_rows, s - (WIDTH - 1) + j, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE
+                    x_rows, stride_x_l, init_rows, s - (WIDTH - 1) + j, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE
                 )
             sig = tl.sigmoid(pre)
             dpre = dpre * sig * (1.0 + pre * (1.0 - sig))
@@ -156,7 +183,9 @@ def _causal_conv1d_bwd_kernel(
             # s == t here: each output position is visited exactly once over all programs.
             dbias += tl.sum(dpre, axis=1)
             for j in tl.static_range(WIDTH):
-                xj = _load_xp(x_rows, init_rows, t - (WIDTH - 1) + j, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
+                xj = _load_xp(
+                    x_rows, stride_x_l, init_rows, t - (WIDTH - 1) + j, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE
+                )
                 dw += tl.where(offs_w[None, :] == j, tl.sum(dpre * xj, axis=1)[:, None], 0.0)
 
     if HAS_DFINAL:
@@ -165,10 +194,8 @@ def _causal_conv1d_bwd_kernel(
         dfin_rows = dfinal_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1)
         dx += tl.load(dfin_rows + j[None, :], mask=mask_f, other=0.0).to(tl.float32)
 
-    dx_rows = dx_ptr + pid_b * dim * seqlen + offs_d64[:, None] * seqlen
-    tl.store(
-        dx_rows + t[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask_d[:, None] & ((t >= 0) & (t < seqlen))[None, :]
-    )
+    dx_ptrs = dx_ptr + pid_b * stride_dx_b + offs_d64[:, None] * stride_dx_d + t.to(tl.int64)[None, :] * stride_dx_l
+    tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask_d[:, None] & ((t >= 0) & (t < seqlen))[None, :])
     if HAS_INITIAL_STATE:
         dinit_rows = dinit_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1) + (WIDTH - 1)
         tl.store(dinit_rows + t[None, :], dx, mask=mask_d[:, None] & (t < 0)[None, :])
@@ -192,15 +219,16 @@ def _final_state(x: torch.Tensor, initial_state: torch.Tensor | None, width: int
 
 
 def _causal_conv1d_fwd(x, weight, bias, initial_state, silu, return_final_state):
-    """Launch the forward. Returns out `(b, d, l)` x.dtype and the final state `(b, d, width-1)` (empty unless
-    `return_final_state`)."""
-    x, weight, bias, initial_state = unit_stride(x, weight, bias, initial_state)
+    """Launch the forward. Returns out `(b, d, l)` x.dtype (channel-last when x is) and the final state
+    `(b, d, width-1)` contiguous (empty unless `return_final_state`)."""
+    (x,) = sequence_strides(x)
+    weight, bias, initial_state = unit_stride(weight, bias, initial_state)
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     if initial_state is not None:
         initial_state = initial_state.to(x.dtype)  # the reference keeps its history in x's dtype
-    out = empty(batch, dim, seqlen, device=x.device, dtype=x.dtype)
-    cfg = dict(CONFIGS["fwd"])
+    out = empty_sequence(x)
+    cfg = _config("fwd", x)
     if seqlen > 0:
         init_strides = (initial_state.stride(0), initial_state.stride(1)) if initial_state is not None else (0, 0)
         grid = (triton.cdiv(seqlen, cfg["BLOCK_L"]), triton.cdiv(dim, cfg["BLOCK_D"]), batch)
@@ -212,10 +240,10 @@ def _causal_conv1d_fwd(x, weight, bias, initial_state, silu, return_final_state)
             out,
             dim,
             seqlen,
-            x.stride(0),
-            x.stride(1),
+            *x.stride(),
             weight.stride(0),
             *init_strides,
+            *out.stride(),
             WIDTH=width,
             HAS_BIAS=bias is not None,
             HAS_INITIAL_STATE=initial_state is not None,
@@ -227,17 +255,19 @@ def _causal_conv1d_fwd(x, weight, bias, initial_state, silu, return_final_state)
 
 
 def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
-    """Launch the backward. Returns (dx, dweight, dbias, dinit), each like its input, or None where it is None."""
-    dout, x, weight, bias = unit_stride(dout, x, weight, bias)
+    """Launch the backward. Returns (dx, dweight, dbias, dinit), each like its input (dx channel-last when x is), or
+    None where it is None."""
+    dout, x = sequence_strides(dout, x)
+    weight, bias = unit_stride(weight, bias)
     dfinal = None if dfinal is None else dfinal.contiguous()
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     init = initial_state.to(x.dtype) if initial_state is not None else None
-    dx = empty(batch, dim, seqlen, device=x.device, dtype=x.dtype)
+    dx = empty_sequence(x)
     dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
     dbias = torch.zeros(dim, device=x.device, dtype=torch.float32) if bias is not None else None
     dinit = empty(batch, dim, width - 1, device=x.device, dtype=torch.float32) if init is not None else None
-    cfg = dict(CONFIGS["bwd"])
+    cfg = _config("bwd", x)
     init_strides = (init.stride(0), init.stride(1)) if init is not None else (0, 0)
     grid = (triton.cdiv(seqlen + width - 1, cfg["BLOCK_L"]), triton.cdiv(dim, cfg["BLOCK_D"]), batch)
     _causal_conv1d_bwd_kernel[grid](
@@ -253,12 +283,11 @@ def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
         dinit,
         dim,
         seqlen,
-        x.stride(0),
-        x.stride(1),
+        *x.stride(),
         weight.stride(0),
         *init_strides,
-        dout.stride(0),
-        dout.stride(1),
+        *dout.stride(),
+        *dx.stride(),
         WIDTH=width,
         HAS_BIAS=bias is not None,
         HAS_INITIAL_STATE=init is not None,
@@ -291,7 +320,7 @@ def _causal_conv1d_fwd_op(
 def _(x, weight, bias, initial_state, silu, return_final_state):
     batch, dim, _ = x.shape
     final = x.new_empty(batch, dim, weight.shape[1] - 1) if return_final_state else x.new_empty(0)
-    return torch.empty_like(x, memory_format=torch.contiguous_format), final
+    return empty_sequence(x, poison=False), final
 
 
 @torch.library.custom_op("mambalab::causal_conv1d_bwd", mutates_args=())
@@ -311,7 +340,7 @@ def _causal_conv1d_bwd_op(
 @_causal_conv1d_bwd_op.register_fake
 def _(dout, dfinal, x, weight, bias, initial_state, silu):
     like = lambda t: x.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
-    return [like(t) for t in (x, weight, bias, initial_state)]
+    return [empty_sequence(x, poison=False), *(like(t) for t in (weight, bias, initial_state))]
 
 
 class _CausalConv1dFn(torch.autograd.Function):
@@ -345,9 +374,10 @@ def causal_conv1d(
 ):
     """Triton causal depthwise conv1d (+ SiLU); same contract as `kernels.causal_conv1d.ref.causal_conv1d`.
 
-    x: `(batch, dim, seqlen)` (last stride 1); weight `(dim, width)`, 2 <= width; bias `(dim,)`; initial_state
-    `(batch, dim, width - 1)`. Returns out `(batch, dim, seqlen)` in x's dtype and, with `return_final_state`, the
-    final state `(batch, dim, width - 1)` in x's dtype.
+    x: `(batch, dim, seqlen)`, time-major (time stride 1) or channel-last (channel stride 1, e.g. `h.transpose(1, 2)`
+    of a `[batch, seqlen, dim]` tensor); weight `(dim, width)`, 2 <= width; bias `(dim,)`; initial_state
+    `(batch, dim, width - 1)`. Returns out `(batch, dim, seqlen)` in x's dtype and layout (dx too) and, with
+    `return_final_state`, the final state `(batch, dim, width - 1)` contiguous in x's dtype.
     """
     silu = activation in ("silu", "swish")
     tensors = (x, weight, bias, initial_state)

@@ -30,6 +30,11 @@ recomputes the chunk's forward states from the saved chunk-start state, scans th
     dD       += sum_t dy u                             d initial_state = a[0] * g[0]
     ddelta    = ddt * sigmoid(delta + delta_bias)      (with softplus)
 
+Layouts. The sequences (u, delta, z, out, B, C and their gradients) are addressed through a stride per axis, time
+included: time-major memory and channel-last memory (a transposed `[batch, seqlen, channels]`, as the mixer's Linear
+layers give it) both go through without a copy, and out/du/ddelta/dz/dB/dC take their input's layout. The channels
+are the tiles' fastest axis, so channel-last loads are the coalesced ones.
+
 dB/dC (shared by the channels of a group) are summed over each program's channels in registers, then across programs
 either from per-program fp32 slices (`DBC_REDUCTION = "partials"`, summed by PyTorch) or by fp32 atomics; dA, dD and
 d delta_bias (shared by the batch) are accumulated per program and added with one atomic each.
@@ -41,7 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_utils import call_op, empty, unit_stride
+from kernels._triton_utils import call_op, empty, empty_sequence, sequence_strides, unit_stride
 
 __all__ = ["selective_scan"]
 
@@ -112,19 +117,27 @@ def _selective_scan_fwd_kernel(
     channels_per_group,
     stride_u_b,
     stride_u_d,
+    stride_u_l,
     stride_delta_b,
     stride_delta_d,
+    stride_delta_l,
     stride_z_b,
     stride_z_d,
+    stride_z_l,
     stride_A_d,
     stride_B_b,
     stride_B_g,
     stride_B_n,
+    stride_B_l,
     stride_C_b,
     stride_C_g,
     stride_C_n,
+    stride_C_l,
     stride_init_b,
     stride_init_d,
+    stride_out_b,
+    stride_out_d,
+    stride_out_l,
     HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr,
     HAS_DELTA_BIAS: tl.constexpr,
@@ -138,7 +151,9 @@ def _selective_scan_fwd_kernel(
 ):
     # Tiles are time-major, [BLOCK_L, BLOCK_N, BLOCK_D]: the channels are the fastest axis, so threads spread over
     # channels and states and each thread holds all BLOCK_L steps of its (state, channel) pairs; the scan over time
-    # is then a loop inside each thread, with no exchange between threads.
+    # is then a loop inside each thread, with no exchange between threads. Every sequence is read and written through
+    # its own (batch, channel, time) strides: time-major or channel-last memory (stride 1 on time or on channels;
+    # Triton specialises a stride of 1, so either layout gets unit-stride address arithmetic).
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
@@ -159,7 +174,7 @@ def _selective_scan_fwd_kernel(
 
     u_cols = u_ptr + pid_b * stride_u_b + offs_d64[None, :] * stride_u_d  # [1, BLOCK_D]
     delta_cols = delta_ptr + pid_b * stride_delta_b + offs_d64[None, :] * stride_delta_d
-    out_cols = out_ptr + pid_b * dim * seqlen + offs_d64[None, :] * seqlen
+    out_cols = out_ptr + pid_b * stride_out_b + offs_d64[None, :] * stride_out_d
     if HAS_Z:
         z_cols = z_ptr + pid_b * stride_z_b + offs_d64[None, :] * stride_z_d
     B_cols = B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n[None, :] * stride_B_n  # [1, BLOCK_N]
@@ -177,18 +192,19 @@ def _selective_scan_fwd_kernel(
             chunk_offs = ((pid_b * dim + offs_d64[None, :]) * n_chunks + chunk) * dstate + offs_n[:, None]
             tl.store(states_ptr + chunk_offs, h, mask=mask_nd)
         t = chunk * BLOCK_L + offs_l  # [BLOCK_L]
+        t64 = t.to(tl.int64)[:, None]  # [BLOCK_L, 1]; time offsets are strided (channel-last) and may pass 2^31
         mask_t = t < seqlen
         mask_td = mask_t[:, None] & mask_d[None, :]  # [BLOCK_L, BLOCK_D]
         mask_tn = mask_t[:, None] & mask_n[None, :]  # [BLOCK_L, BLOCK_N]
-        u = tl.load(u_cols + t[:, None], mask=mask_td, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_D]
-        dt = tl.load(delta_cols + t[:, None], mask=mask_td, other=0.0).to(tl.float32)
+        u = tl.load(u_cols + t64 * stride_u_l, mask=mask_td, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_D]
+        dt = tl.load(delta_cols + t64 * stride_delta_l, mask=mask_td, other=0.0).to(tl.float32)
         if HAS_DELTA_BIAS:
             dt += bias[None, :]
         if DELTA_SOFTPLUS:
             dt = _softplus(dt)
         dt = tl.where(mask_td, dt, 0.0)  # padding steps: decay 1, input 0
-        Bt = tl.load(B_cols + t[:, None], mask=mask_tn, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_N]
-        Ct = tl.load(C_cols + t[:, None], mask=mask_tn, other=0.0).to(tl.float32)
+        Bt = tl.load(B_cols + t64 * stride_B_l, mask=mask_tn, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_N]
+        Ct = tl.load(C_cols + t64 * stride_C_l, mask=mask_tn, other=0.0).to(tl.float32)
 
         decay = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [BLOCK_L, BLOCK_N, BLOCK_D]
         inp = (dt * u)[:, None, :] * Bt[:, :, None]  # [BLOCK_L, BLOCK_N, BLOCK_D]
@@ -203,9 +219,9 @@ def _selective_scan_fwd_kernel(
         if HAS_D:
             y += Dv[None, :] * u
         if HAS_Z:
-            zt = tl.load(z_cols + t[:, None], mask=mask_td, other=0.0).to(tl.float32)
+            zt = tl.load(z_cols + t64 * stride_z_l, mask=mask_td, other=0.0).to(tl.float32)
             y *= zt * tl.sigmoid(zt)
-        tl.store(out_cols + t[:, None], y.to(out_ptr.dtype.element_ty), mask=mask_td)
+        tl.store(out_cols + t64 * stride_out_l, y.to(out_ptr.dtype.element_ty), mask=mask_td)
 
     tl.store(last_state_ptr + state_offs, h, mask=mask_nd)
 
@@ -237,24 +253,47 @@ def _selective_scan_bwd_kernel(
     seqlen,
     n_chunks,
     channels_per_group,
-    groups,
-    batch,
     parts_per_group,
     stride_u_b,
     stride_u_d,
+    stride_u_l,
     stride_delta_b,
     stride_delta_d,
+    stride_delta_l,
     stride_z_b,
     stride_z_d,
+    stride_z_l,
     stride_A_d,
     stride_B_b,
     stride_B_g,
     stride_B_n,
+    stride_B_l,
     stride_C_b,
     stride_C_g,
     stride_C_n,
+    stride_C_l,
     stride_dout_b,
     stride_dout_d,
+    stride_dout_l,
+    stride_du_b,
+    stride_du_d,
+    stride_du_l,
+    stride_ddelta_b,
+    stride_ddelta_d,
+    stride_ddelta_l,
+    stride_dz_b,
+    stride_dz_d,
+    stride_dz_l,
+    stride_dB_p,
+    stride_dB_b,
+    stride_dB_g,
+    stride_dB_n,
+    stride_dB_l,
+    stride_dC_p,
+    stride_dC_b,
+    stride_dC_g,
+    stride_dC_n,
+    stride_dC_l,
     HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr,
     HAS_DELTA_BIAS: tl.constexpr,
@@ -267,7 +306,8 @@ def _selective_scan_bwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
-    # Same time-major tiles as the forward: [BLOCK_L, BLOCK_N, BLOCK_D].
+    # Same time-major tiles and strided (time-major or channel-last) sequences as the forward: [BLOCK_L, BLOCK_N,
+    # BLOCK_D]. The gradients du/ddelta/dz/dB/dC have their own strides (the launcher lays each out like its input).
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
@@ -289,19 +329,18 @@ def _selective_scan_bwd_kernel(
     u_cols = u_ptr + pid_b * stride_u_b + offs_d64[None, :] * stride_u_d  # [1, BLOCK_D]
     delta_cols = delta_ptr + pid_b * stride_delta_b + offs_d64[None, :] * stride_delta_d
     dout_cols = dout_ptr + pid_b * stride_dout_b + offs_d64[None, :] * stride_dout_d
-    grad_cols = pid_b * dim * seqlen + offs_d64[None, :] * seqlen  # du/ddelta/dz are contiguous
+    du_cols = du_ptr + pid_b * stride_du_b + offs_d64[None, :] * stride_du_d
+    ddelta_cols = ddelta_ptr + pid_b * stride_ddelta_b + offs_d64[None, :] * stride_ddelta_d
     if HAS_Z:
         z_cols = z_ptr + pid_b * stride_z_b + offs_d64[None, :] * stride_z_d
+        dz_cols = dz_ptr + pid_b * stride_dz_b + offs_d64[None, :] * stride_dz_d
     B_cols = B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n[None, :] * stride_B_n  # [1, BLOCK_N]
     C_cols = C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n[None, :] * stride_C_n
-    if DBC_PARTIALS:
-        # fp32 (parts_per_group, batch, groups, dstate, seqlen): this program's own slice, summed afterwards.
-        part = (pid_d % parts_per_group).to(tl.int64)
-        dBC_cols = (((part * batch + pid_b) * groups + group) * dstate + offs_n[None, :]) * seqlen
-    else:
-        dBC_cols = (
-            (pid_b * groups + group) * dstate + offs_n[None, :]
-        ) * seqlen  # fp32 (batch, groups, dstate, seqlen)
+    # dB/dC are fp32 (parts_per_group, batch, groups, dstate, seqlen) with partials (this program's own slice, summed
+    # afterwards), else (batch, groups, dstate, seqlen) with a part stride of 0.
+    part = (pid_d % parts_per_group).to(tl.int64) if DBC_PARTIALS else 0
+    dB_cols = dB_ptr + part * stride_dB_p + pid_b * stride_dB_b + group * stride_dB_g + offs_n[None, :] * stride_dB_n
+    dC_cols = dC_ptr + part * stride_dC_p + pid_b * stride_dC_b + group * stride_dC_g + offs_n[None, :] * stride_dC_n
     state_offs = (pid_b * dim + offs_d64[None, :]) * dstate + offs_n[:, None]  # [BLOCK_N, BLOCK_D]
 
     if HAS_DLAST:
@@ -315,14 +354,15 @@ def _selective_scan_bwd_kernel(
     for i in range(0, n_chunks):
         chunk = n_chunks - 1 - i
         t = chunk * BLOCK_L + offs_l  # [BLOCK_L]
+        t64 = t.to(tl.int64)[:, None]  # [BLOCK_L, 1]
         mask_t = t < seqlen
         mask_td = mask_t[:, None] & mask_d[None, :]  # [BLOCK_L, BLOCK_D]
         mask_td1 = ((t + 1) < seqlen)[:, None] & mask_d[None, :]
         mask_tn = mask_t[:, None] & mask_n[None, :]  # [BLOCK_L, BLOCK_N]
 
-        u = tl.load(u_cols + t[:, None], mask=mask_td, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_D]
-        dt_raw = tl.load(delta_cols + t[:, None], mask=mask_td, other=0.0).to(tl.float32)
-        dt_next = tl.load(delta_cols + t[:, None] + 1, mask=mask_td1, other=0.0).to(tl.float32)
+        u = tl.load(u_cols + t64 * stride_u_l, mask=mask_td, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_D]
+        dt_raw = tl.load(delta_cols + t64 * stride_delta_l, mask=mask_td, other=0.0).to(tl.float32)
+        dt_next = tl.load(delta_cols + (t64 + 1) * stride_delta_l, mask=mask_td1, other=0.0).to(tl.float32)
         if HAS_DELTA_BIAS:
             dt_raw += bias[None, :]
             dt_next += bias[None, :]
@@ -333,9 +373,9 @@ def _selective_scan_bwd_kernel(
             dt = dt_raw
         dt = tl.where(mask_td, dt, 0.0)
         dt_next = tl.where(mask_td1, dt_next, 0.0)
-        Bt = tl.load(B_cols + t[:, None], mask=mask_tn, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_N]
-        Ct = tl.load(C_cols + t[:, None], mask=mask_tn, other=0.0).to(tl.float32)
-        dout = tl.load(dout_cols + t[:, None], mask=mask_td, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_D]
+        Bt = tl.load(B_cols + t64 * stride_B_l, mask=mask_tn, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_N]
+        Ct = tl.load(C_cols + t64 * stride_C_l, mask=mask_tn, other=0.0).to(tl.float32)
+        dout = tl.load(dout_cols + t64 * stride_dout_l, mask=mask_td, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_D]
 
         # Recompute the chunk's forward states from the saved chunk-start state.
         chunk_offs = ((pid_b * dim + offs_d64[None, :]) * n_chunks + chunk) * dstate + offs_n[:, None]
@@ -348,13 +388,13 @@ def _selective_scan_bwd_kernel(
 
         dy = dout
         if HAS_Z:
-            zt = tl.load(z_cols + t[:, None], mask=mask_td, other=0.0).to(tl.float32)
+            zt = tl.load(z_cols + t64 * stride_z_l, mask=mask_td, other=0.0).to(tl.float32)
             y = tl.sum(hs * Ct[:, :, None], axis=1)  # [BLOCK_L, BLOCK_D]
             if HAS_D:
                 y += Dv[None, :] * u
             sig_z = tl.sigmoid(zt)
             dz = dout * y * sig_z * (1.0 + zt * (1.0 - sig_z))
-            tl.store(dz_ptr + grad_cols + t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
+            tl.store(dz_cols + t64 * stride_dz_l, dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
             dy = dout * zt * sig_z
         if HAS_D:
             dD_acc += tl.sum(dy * u, axis=0)
@@ -373,7 +413,7 @@ def _selective_scan_bwd_kernel(
         du = dt * gB
         if HAS_D:
             du += Dv[None, :] * dy
-        tl.store(du_ptr + grad_cols + t[:, None], du.to(du_ptr.dtype.element_ty), mask=mask_td)
+        tl.store(du_cols + t64 * stride_du_l, du.to(du_ptr.dtype.element_ty), mask=mask_td)
         g_ah = g * (hs - inp)  # g * a[t] * h[t-1], [BLOCK_L, BLOCK_N, BLOCK_D]
         dA_acc += tl.sum(g_ah * dt[:, None, :], axis=0)
         ddt = tl.sum(g_ah * A[None, :, :], axis=1) + u * gB  # [BLOCK_L, BLOCK_D]
@@ -381,16 +421,16 @@ def _selective_scan_bwd_kernel(
             ddt = ddt * tl.sigmoid(dt_raw)
         ddt = tl.where(mask_td, ddt, 0.0)
         dbias_acc += tl.sum(ddt, axis=0)
-        tl.store(ddelta_ptr + grad_cols + t[:, None], ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_td)
+        tl.store(ddelta_cols + t64 * stride_ddelta_l, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_td)
 
         dB = tl.sum(g * dtu[:, None, :], axis=2)  # [BLOCK_L, BLOCK_N]
         dC = tl.sum(hs * dy[:, None, :], axis=2)  # [BLOCK_L, BLOCK_N]
         if DBC_PARTIALS:
-            tl.store(dB_ptr + dBC_cols + t[:, None], dB, mask=mask_tn)
-            tl.store(dC_ptr + dBC_cols + t[:, None], dC, mask=mask_tn)
+            tl.store(dB_cols + t64 * stride_dB_l, dB, mask=mask_tn)
+            tl.store(dC_cols + t64 * stride_dC_l, dC, mask=mask_tn)
         else:
-            tl.atomic_add(dB_ptr + dBC_cols + t[:, None], dB, mask=mask_tn, sem="relaxed")
-            tl.atomic_add(dC_ptr + dBC_cols + t[:, None], dC, mask=mask_tn, sem="relaxed")
+            tl.atomic_add(dB_cols + t64 * stride_dB_l, dB, mask=mask_tn, sem="relaxed")
+            tl.atomic_add(dC_cols + t64 * stride_dC_l, dC, mask=mask_tn, sem="relaxed")
 
     tl.atomic_add(dA_ptr + offs_d64[None, :] * dstate + offs_n[:, None], dA_acc, mask=mask_nd, sem="relaxed")
     if HAS_D:
@@ -438,11 +478,16 @@ def _block_d(block_d: int, dim: int, groups: int, batch: int = 1, device: torch.
     return block_d
 
 
-def _split_bc(BC: torch.Tensor) -> tuple[int, int, int, int]:
-    """(groups, stride_b, stride_g, stride_n) of `(b, n, l)` or `(b, g, n, l)` B/C."""
+def _split_bc(BC: torch.Tensor) -> tuple[int, int, int, int, int]:
+    """(groups, stride_b, stride_g, stride_n, stride_l) of `(b, n, l)` or `(b, g, n, l)` B/C (or of their grads)."""
     if BC.dim() == 3:
-        return 1, BC.stride(0), 0, BC.stride(1)
-    return BC.shape[1], BC.stride(0), BC.stride(1), BC.stride(2)
+        return 1, BC.stride(0), 0, BC.stride(1), BC.stride(2)
+    return BC.shape[1], *BC.stride()
+
+
+def _seq_strides(t: torch.Tensor | None) -> tuple[int, int, int]:
+    """(batch, channel, time) strides of a `(b, d, l)` sequence, zeros for an absent one."""
+    return (0, 0, 0) if t is None else t.stride()
 
 
 def _n_chunks(seqlen: int, dstate: int) -> int:
@@ -451,25 +496,25 @@ def _n_chunks(seqlen: int, dstate: int) -> int:
 
 def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states):
     """Launch the forward. Returns out `(b, d, l)` u.dtype, last_state `(b, d, n)` fp32 and, when `save_states`,
-    the chunk-start states `(b, d, n_chunks, n)` fp32 (else an empty tensor)."""
-    u, delta, A, B, C, D, z, delta_bias, initial_state = unit_stride(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    the chunk-start states `(b, d, n_chunks, n)` fp32 (else an empty tensor). out is channel-last when u is."""
+    u, delta, B, C, z = sequence_strides(u, delta, B, C, z)
+    A, D, delta_bias, initial_state = unit_stride(A, D, delta_bias, initial_state)
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
-    groups, sBb, sBg, sBn = _split_bc(B)
-    _, sCb, sCg, sCn = _split_bc(C)
+    groups, *B_strides = _split_bc(B)
+    _, *C_strides = _split_bc(C)
     cfg = _config("fwd", dstate)
     block_l = _config("bwd", dstate)["BLOCK_L"]
     n_chunks = _n_chunks(seqlen, dstate)
     cfg["BLOCK_L"] = block_l  # the saved chunk-start states must line up with the backward's chunks
     block_d = _block_d(cfg.pop("BLOCK_D"), dim, groups, batch, u.device)
     cfg["num_warps"], time_in_thread = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
-    out = empty(batch, dim, seqlen, device=u.device, dtype=u.dtype)
+    out = empty_sequence(u)
     last_state = empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
     states = empty(batch, dim, n_chunks if save_states else 0, dstate, device=u.device, dtype=torch.float32)
     if seqlen == 0:
         last_state.copy_(initial_state if initial_state is not None else torch.zeros_like(last_state))
         return out, last_state, states
-    z_strides = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
     init_strides = (initial_state.stride(0), initial_state.stride(1)) if initial_state is not None else (0, 0)
     grid = (triton.cdiv(dim, block_d), batch)
     _selective_scan_fwd_kernel[grid](
@@ -490,19 +535,14 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
         seqlen,
         n_chunks,
         dim // groups,
-        u.stride(0),
-        u.stride(1),
-        delta.stride(0),
-        delta.stride(1),
-        *z_strides,
+        *u.stride(),
+        *delta.stride(),
+        *_seq_strides(z),
         A.stride(0),
-        sBb,
-        sBg,
-        sBn,
-        sCb,
-        sCg,
-        sCn,
+        *B_strides,
+        *C_strides,
         *init_strides,
+        *out.stride(),
         HAS_D=D is not None,
         HAS_Z=z is not None,
         HAS_DELTA_BIAS=delta_bias is not None,
@@ -519,13 +559,14 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
 
 def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, delta_softplus):
     """Launch the backward. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinit), each shaped and typed like
-    its input, or None where the input is None."""
-    dout, u, delta, A, B, C, D, z, delta_bias = unit_stride(dout, u, delta, A, B, C, D, z, delta_bias)
+    its input, or None where the input is None; du, ddelta, dz, dB and dC are channel-last where their input is."""
+    dout, u, delta, B, C, z = sequence_strides(dout, u, delta, B, C, z)
+    A, D, delta_bias = unit_stride(A, D, delta_bias)
     dlast = None if dlast is None else dlast.contiguous()
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
-    groups, sBb, sBg, sBn = _split_bc(B)
-    _, sCb, sCg, sCn = _split_bc(C)
+    groups, *B_strides = _split_bc(B)
+    _, *C_strides = _split_bc(C)
     cfg = _config("bwd", dstate)
     block_d = _block_d(cfg.pop("BLOCK_D"), dim, groups, batch, u.device)
     cfg["num_warps"], time_in_thread = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
@@ -535,21 +576,20 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
         DBC_REDUCTION == "partials" and 8 * parts_per_group * batch * groups * dstate * seqlen <= PARTIALS_MAX_BYTES
     )
     f32 = dict(device=u.device, dtype=torch.float32)
-    du = empty(*u.shape, device=u.device, dtype=u.dtype)
-    ddelta = empty(*delta.shape, device=u.device, dtype=delta.dtype)
-    dz = empty(*z.shape, device=u.device, dtype=z.dtype) if z is not None else None
+    du = empty_sequence(u)
+    ddelta = empty_sequence(delta)
+    dz = empty_sequence(z) if z is not None else None
     dA = torch.zeros(A.shape, **f32)
+    # fp32 dB/dC in B's/C's shape and layout; with partials, one slice per program of a group, summed below.
+    dB, dC = (empty_sequence(BC, dtype=torch.float32, poison=False).zero_() for BC in (B, C))
     if partials:
-        dB = empty(parts_per_group, batch, groups, dstate, seqlen, **f32)
-        dC = empty(parts_per_group, batch, groups, dstate, seqlen, **f32)
+        dB_parts, dC_parts = (empty_sequence(BC, dtype=torch.float32, lead=(parts_per_group,)) for BC in (B, C))
     else:
-        dB = torch.zeros(batch, groups, dstate, seqlen, **f32)
-        dC = torch.zeros(batch, groups, dstate, seqlen, **f32)
+        dB_parts, dC_parts = dB[None], dC[None]
     dD = torch.zeros(dim, **f32) if D is not None else None
     ddelta_bias = torch.zeros(dim, **f32) if delta_bias is not None else None
     dinit = empty(batch, dim, dstate, **f32) if initial_state is not None else None
     if seqlen > 0:
-        z_strides = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
         grid = (triton.cdiv(dim, block_d), batch)
         _selective_scan_bwd_kernel[grid](
             dout,
@@ -566,8 +606,8 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
             du,
             ddelta,
             dA,
-            dB,
-            dC,
+            dB_parts,
+            dC_parts,
             dD,
             dz,
             ddelta_bias,
@@ -577,23 +617,21 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
             seqlen,
             n_chunks,
             dim // groups,
-            groups,
-            batch,
             parts_per_group,
-            u.stride(0),
-            u.stride(1),
-            delta.stride(0),
-            delta.stride(1),
-            *z_strides,
+            *u.stride(),
+            *delta.stride(),
+            *_seq_strides(z),
             A.stride(0),
-            sBb,
-            sBg,
-            sBn,
-            sCb,
-            sCg,
-            sCn,
-            dout.stride(0),
-            dout.stride(1),
+            *B_strides,
+            *C_strides,
+            *dout.stride(),
+            *du.stride(),
+            *ddelta.stride(),
+            *_seq_strides(dz),
+            dB_parts.stride(0),
+            *_split_bc(dB_parts[0])[1:],
+            dC_parts.stride(0),
+            *_split_bc(dC_parts[0])[1:],
             HAS_D=D is not None,
             HAS_Z=z is not None,
             HAS_DELTA_BIAS=delta_bias is not None,
@@ -608,17 +646,16 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
         )
     elif initial_state is not None:
         dinit.copy_(dlast if dlast is not None else torch.zeros_like(dinit))
-    if partials:
-        dB, dC = (dB.sum(0), dC.sum(0)) if seqlen > 0 else (dB[0].zero_(), dC[0].zero_())
-    dB = dB.view(B.shape).to(B.dtype)
-    dC = dC.view(C.shape).to(C.dtype)
+    if partials and seqlen > 0:
+        torch.sum(dB_parts, 0, out=dB)
+        torch.sum(dC_parts, 0, out=dC)
     cast = lambda g, like: None if g is None else g.to(like.dtype)
     return (
         du,
         ddelta,
         cast(dA, A),
-        dB,
-        dC,
+        cast(dB, B),
+        cast(dC, C),
         cast(dD, D),
         dz,
         cast(ddelta_bias, delta_bias),
@@ -652,7 +689,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_s
     dstate = A.shape[1]
     n_chunks = _n_chunks(seqlen, dstate) if save_states else 0
     return (
-        torch.empty_like(u, memory_format=torch.contiguous_format),
+        empty_sequence(u, poison=False),
         u.new_empty(batch, dim, dstate, dtype=torch.float32),
         u.new_empty(batch, dim, n_chunks, dstate, dtype=torch.float32),
     )
@@ -681,7 +718,8 @@ def _selective_scan_bwd_op(
 @_selective_scan_bwd_op.register_fake
 def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, delta_softplus):
     like = lambda t: u.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
-    return [like(t) for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)]
+    seq = lambda t: u.new_empty(0) if t is None else empty_sequence(t, poison=False)
+    return [seq(u), seq(delta), like(A), seq(B), seq(C), like(D), seq(z), like(delta_bias), like(initial_state)]
 
 
 class _SelectiveScanFn(torch.autograd.Function):
@@ -746,9 +784,11 @@ def selective_scan(
 ):
     """Triton selective scan; same contract as `kernels.selective_scan.ref.selective_scan`.
 
-    Inputs arrive validated from `kernels.selective_scan` (last-dim stride 1). u, delta, z: `(batch, dim, seqlen)`;
-    A `(dim, dstate)`; B, C `(batch, dstate, seqlen)` or `(batch, groups, dstate, seqlen)`; D, delta_bias `(dim,)`;
-    initial_state `(batch, dim, dstate)`. Returns out `(batch, dim, seqlen)` in u's dtype and, with
+    Inputs arrive validated from `kernels.selective_scan`. u, delta, z: `(batch, dim, seqlen)`; A `(dim, dstate)`;
+    B, C `(batch, dstate, seqlen)` or `(batch, groups, dstate, seqlen)`; D, delta_bias `(dim,)`; initial_state
+    `(batch, dim, dstate)`. The sequences (u, delta, z, B, C) may be time-major (time stride 1) or channel-last
+    (channel/state stride 1, e.g. `x.transpose(1, 2)` of a `[batch, seqlen, dim]` tensor); out and the sequences'
+    gradients take their input's layout. Returns out `(batch, dim, seqlen)` in u's dtype and, with
     `return_last_state`, the last state `(batch, dim, dstate)` fp32.
     """
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from kernel_tolerance import assert_close
+from layouts import channel_last_copy, is_channel_last, projection_views
 
 from kernels.causal_conv1d import conv
 from kernels.causal_conv1d import ref as conv_ref
@@ -39,7 +40,8 @@ def scan_inputs(batch, dim, seqlen, dstate, dtype, groups=None):
 
 
 def run_scan(fn, inputs, dout, dlast, upcast):
-    leaves = {k: (v.float() if upcast else v).clone().requires_grad_() for k, v in inputs.items()}
+    # detach, not clone: a channel-last view keeps its strides.
+    leaves = {k: (v.float() if upcast else v).detach().requires_grad_() for k, v in inputs.items()}
     out, last = fn(**leaves, delta_softplus=True, return_last_state=True)
     grads = torch.autograd.grad((out.float() * dout.float()).sum() + (last * dlast).sum(), list(leaves.values()))
     return [out, last, *grads]
@@ -68,6 +70,37 @@ def test_scan_fwd_bwd(shape, dtype, groups):
         assert_close(name, f, lo, h, rtol=max(torch.finfo(lo.dtype).eps, 1e-3))
 
 
+@pytest.mark.parametrize(
+    "shape,dtype,groups",
+    [
+        ((2, 1536, 2048, 16), torch.bfloat16, None),
+        ((1, 1536, 2048, 16), torch.bfloat16, 4),
+        ((2, 64, 77, 4), torch.float32, None),
+    ],
+    ids=["2048-d16-bf16", "2048-grouped", "dstate4"],
+)
+def test_scan_fwd_bwd_channel_last(shape, dtype, groups):
+    # The mixer's memory: u/z halves of one in_proj output [b, l, 2d], delta a transposed [b, l, d], B/C slices of
+    # one x_proj output [b, l, dt_rank + 2 g n]; out and the sequences' gradients come back channel-last.
+    batch, _, seqlen, _ = shape
+    inputs = scan_inputs(*shape, dtype, groups)
+    views = dict(inputs, delta=channel_last_copy(inputs["delta"]))
+    views["u"], views["z"] = projection_views(inputs["u"], inputs["z"])
+    dt = inputs["B"].new_zeros(batch, 96, seqlen)
+    _, views["B"], views["C"] = projection_views(dt, inputs["B"], inputs["C"])
+    dout = torch.randn_like(inputs["u"])
+    dlast = torch.randn_like(inputs["initial_state"])
+    fast = run_scan(scan.selective_scan, views, channel_last_copy(dout), dlast, upcast=False)
+    lowp = run_scan(scan_ref.selective_scan, inputs, dout, dlast, upcast=False)
+    hi = run_scan(scan_ref.selective_scan, inputs, dout, dlast, upcast=True)
+    names = ["out", "last", *(f"d{k}" for k in inputs)]
+    for name, f, lo, h in zip(names, fast, lowp, hi):
+        assert_close(name, f, lo, h, rtol=max(torch.finfo(lo.dtype).eps, 1e-3))
+    for name, f in zip(names, fast):
+        if name in ("out", "du", "ddelta", "dz", "dB", "dC"):
+            assert is_channel_last(f), f"{name} strides {f.stride()}"
+
+
 @pytest.mark.parametrize("dstate", [16, 64])
 def test_scan_forward_long(dstate):
     # seqlen 16384 with dstate 64: compare a slice of channels (channels are independent given B/C).
@@ -93,10 +126,11 @@ def test_scan_forward_long(dstate):
     assert not torch.isnan(out).any() and not torch.isnan(last).any()
 
 
+@pytest.mark.parametrize("channel_last", [False, True], ids=["time-major", "channel-last"])
 @pytest.mark.parametrize(
     "shape,width", [((2, 1536, 2048), 4), ((2, 1536, 2048), 2), ((1, 1536, 16384), 4), ((2, 1536, 2048), 7)]
 )
-def test_conv_fwd_bwd(shape, width):
+def test_conv_fwd_bwd(shape, width, channel_last):
     batch, dim, seqlen = shape
     tensors = dict(
         x=torch.randn(shape, device="cuda", dtype=torch.bfloat16),
@@ -106,15 +140,20 @@ def test_conv_fwd_bwd(shape, width):
     )
     dout, dfinal = torch.randn_like(tensors["x"]), torch.randn_like(tensors["initial_state"])
 
-    def run(fn, upcast):
-        leaves = {k: (v.float() if upcast else v).clone().requires_grad_() for k, v in tensors.items()}
+    def run(fn, tensors, dout, upcast):
+        leaves = {k: (v.float() if upcast else v).detach().requires_grad_() for k, v in tensors.items()}
         out, final = fn(**leaves, activation="silu", return_final_state=True)
         loss = (out.float() * dout.float()).sum() + (final.float() * dfinal.float()).sum()
         return [out, final, *torch.autograd.grad(loss, list(leaves.values()))]
 
-    for i, (f, lo, h) in enumerate(
-        zip(run(conv.causal_conv1d, False), run(conv_ref.causal_conv1d, False), run(conv_ref.causal_conv1d, True))
-    ):
+    if channel_last:  # x is the first half of an in_proj output [b, l, 2d], transposed
+        x_view, _ = projection_views(tensors["x"], torch.randn_like(tensors["x"]))
+        fast = run(conv.causal_conv1d, dict(tensors, x=x_view), channel_last_copy(dout), False)
+        assert is_channel_last(fast[0]) and is_channel_last(fast[2]), "out and dx should be channel-last"
+    else:
+        fast = run(conv.causal_conv1d, tensors, dout, False)
+    lowp, hi = run(conv_ref.causal_conv1d, tensors, dout, False), run(conv_ref.causal_conv1d, tensors, dout, True)
+    for i, (f, lo, h) in enumerate(zip(fast, lowp, hi)):
         assert_close(f"tensor {i}", f, lo, h, rtol=max(torch.finfo(lo.dtype).eps, 1e-3))
 
 
@@ -134,18 +173,24 @@ def test_add_norm_fwd_bwd(norm):
         assert_close(f"tensor {i}", f, lo, h, rtol=max(torch.finfo(lo.dtype).eps, 1e-3))
 
 
-def test_torch_compile_inductor_fullgraph():
+@pytest.mark.parametrize("channel_last", [False, True], ids=["time-major", "channel-last"])
+def test_torch_compile_inductor_fullgraph(channel_last):
+    # Inductor checks each custom op's real output strides against its fake function's.
     batch, dim, seqlen, dstate = 2, 256, 512, 16
     x = torch.randn(batch, seqlen, dim, device="cuda", requires_grad=True)
     conv_w = torch.randn(dim, 4, device="cuda", requires_grad=True)
     A = -torch.rand(dim, dstate, device="cuda", requires_grad=True)
     delta, z = torch.randn(batch, dim, seqlen, device="cuda"), torch.randn(batch, dim, seqlen, device="cuda")
     B, C = torch.randn(batch, dstate, seqlen, device="cuda"), torch.randn(batch, dstate, seqlen, device="cuda")
+    if channel_last:
+        delta, z = channel_last_copy(delta), projection_views(z, torch.randn_like(z))[0]
+        _, B, C = projection_views(B.new_zeros(batch, 16, seqlen), B, C)
     norm_w = torch.ones(dim, device="cuda", requires_grad=True)
 
     def block(x, conv_w, norm_w, A):
         h, r = fused.rms_norm(x, norm_w, None, None, eps=1e-5, prenorm=True, residual_in_fp32=True)
-        u = conv.causal_conv1d(h.transpose(1, 2).contiguous(), conv_w, None, activation="silu")
+        h = h.transpose(1, 2)  # [b, d, l] view of [b, l, d] memory
+        u = conv.causal_conv1d(h if channel_last else h.contiguous(), conv_w, None, activation="silu")
         y = scan.selective_scan(u, delta, A, B, C, None, z, None, delta_softplus=True)
         return (y.float() ** 2).mean() + (r**2).mean()
 

@@ -11,19 +11,22 @@ import os
 import pytest
 import torch
 from kernel_tolerance import assert_close
+from layouts import LaunchSpy, channel_last_copy, is_channel_last, projection_views
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1", reason="Triton interpreter tests: run with TRITON_INTERPRET=1"
 )
 
 import kernels  # noqa: E402
+from kernels.causal_conv1d import conv  # noqa: E402
 from kernels.causal_conv1d import ref as conv_ref  # noqa: E402
 from kernels.rms_norm import ref as norm_ref  # noqa: E402
 
 
 def grads_of(fn, tensors: dict, upstream: list, *, upcast: bool, **kwargs):
+    # detach, not clone: a view keeps its strides (the channel-last tests hand the kernels the mixer's views).
     leaves = {
-        k: None if v is None else (v.float() if upcast else v).clone().requires_grad_() for k, v in tensors.items()
+        k: None if v is None else (v.float() if upcast else v).detach().requires_grad_() for k, v in tensors.items()
     }
     outs = fn(**leaves, **kwargs)
     outs = outs if isinstance(outs, tuple) else (outs,)
@@ -32,15 +35,18 @@ def grads_of(fn, tensors: dict, upstream: list, *, upcast: bool, **kwargs):
     return outs, dict(zip(present, torch.autograd.grad(loss, [leaves[k] for k in present])))
 
 
-def compare(fast_fn, ref_fn, tensors, upstream, **kwargs):
+def compare(fast_fn, ref_fn, tensors, upstream, *, fast_tensors=None, fast_upstream=None, **kwargs):
+    """`fast_fn` on `fast_tensors`/`fast_upstream` (default: the same; else the same values in another layout) against
+    `ref_fn` on `tensors`, outputs and all gradients. Returns the fast path's (outputs, grads)."""
     with kernels.use_triton():
-        fast = grads_of(fast_fn, tensors, upstream, upcast=False, **kwargs)
+        fast = grads_of(fast_fn, fast_tensors or tensors, fast_upstream or upstream, upcast=False, **kwargs)
     lowp = grads_of(ref_fn, tensors, upstream, upcast=False, **kwargs)
     hi = grads_of(ref_fn, tensors, upstream, upcast=True, **kwargs)
     for i, (f, lo, h) in enumerate(zip(fast[0], lowp[0], hi[0])):
         assert_close(f"output {i}", f, lo, h)
     for name in fast[1]:
         assert_close(f"d{name}", fast[1][name], lowp[1][name], hi[1][name])
+    return fast
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -58,6 +64,63 @@ def test_conv_all_options(width, seqlen, dtype):
     compare(
         kernels.causal_conv1d, conv_ref.causal_conv1d, tensors, upstream, activation="silu", return_final_state=True
     )
+
+
+@pytest.fixture
+def conv_spies(monkeypatch):
+    fwd, bwd = LaunchSpy(conv._causal_conv1d_fwd_kernel), LaunchSpy(conv._causal_conv1d_bwd_kernel)
+    monkeypatch.setattr(conv, "_causal_conv1d_fwd_kernel", fwd)
+    monkeypatch.setattr(conv, "_causal_conv1d_bwd_kernel", bwd)
+    return fwd, bwd
+
+
+def check_conv_channel_last(spies, width, seqlen, dtype):
+    # x is the first half of the mixer's in_proj output [b, l, 2d], transposed: read in place, out and dx channel-last.
+    batch, dim = 2, 5
+    tensors = dict(
+        x=torch.randn(batch, dim, seqlen).to(dtype),
+        weight=torch.randn(dim, width) / width,
+        bias=torch.randn(dim),
+        initial_state=torch.randn(batch, dim, width - 1).to(dtype),
+    )
+    x_view, _ = projection_views(tensors["x"], torch.randn(batch, dim, seqlen).to(dtype))
+    upstream = [torch.randn(batch, dim, seqlen).to(dtype), torch.randn(batch, dim, width - 1).to(dtype)]
+    (out, final), grads = compare(
+        kernels.causal_conv1d,
+        conv_ref.causal_conv1d,
+        tensors,
+        upstream,
+        fast_tensors={**tensors, "x": x_view},
+        fast_upstream=[channel_last_copy(upstream[0]), upstream[1]],
+        activation="silu",
+        return_final_state=True,
+    )
+    fwd, bwd = spies
+    assert fwd.read_in_place(0, x_view) and bwd.read_in_place(0, x_view), "channel-last x was copied"
+    assert is_channel_last(out) and is_channel_last(grads["x"]), f"out {out.stride()}, dx {grads['x'].stride()}"
+    assert final.is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("seqlen", [1, 7, 65])
+@pytest.mark.parametrize("width", [2, 3, 4, 7])
+def test_conv_channel_last(conv_spies, width, seqlen, dtype):
+    check_conv_channel_last(conv_spies, width, seqlen, dtype)
+
+
+@pytest.mark.parametrize("width", [4, 7])
+def test_conv_channel_last_across_tiles(conv_spies, monkeypatch, width):
+    # Small tiles: the sequence crosses time-tile boundaries and dim 5 leaves a partial channel block.
+    monkeypatch.setattr(conv, "CONFIGS", {k: dict(BLOCK_D=4, BLOCK_L=16, num_warps=1) for k in conv.CONFIGS})
+    check_conv_channel_last(conv_spies, width, 40, torch.float32)
+
+
+def test_conv_time_major_outputs_stay_contiguous():
+    tensors = dict(x=torch.randn(2, 3, 9), weight=torch.randn(3, 4))
+    (out,), grads = compare(
+        kernels.causal_conv1d, conv_ref.causal_conv1d, tensors, [torch.randn(2, 3, 9)], activation="silu"
+    )
+    assert out.is_contiguous() and grads["x"].is_contiguous()
 
 
 @pytest.mark.parametrize("activation", [None, "silu"])

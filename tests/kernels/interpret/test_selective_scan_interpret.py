@@ -11,15 +11,17 @@ import os
 import pytest
 import torch
 from kernel_tolerance import assert_close
+from layouts import LaunchSpy, channel_last_copy, is_channel_last, projection_views
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1", reason="Triton interpreter tests: run with TRITON_INTERPRET=1"
 )
 
 import kernels  # noqa: E402
-from kernels.selective_scan import ref  # noqa: E402
+from kernels.selective_scan import ref, scan  # noqa: E402
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+SEQUENCES = ("u", "delta", "z", "B", "C")
 
 
 def make_inputs(
@@ -40,9 +42,10 @@ def make_inputs(
 
 
 def run(fn, inputs, dout, dlast, *, upcast, delta_softplus):
-    """Outputs and all input gradients of `fn`, inputs upcast to fp32 when `upcast`."""
+    """Outputs and all input gradients of `fn`, inputs upcast to fp32 when `upcast` (else in their own memory: detach
+    keeps a view's strides, clone would not)."""
     leaves = {
-        k: (None if v is None else (v.float() if upcast else v).clone().requires_grad_()) for k, v in inputs.items()
+        k: (None if v is None else (v.float() if upcast else v).detach().requires_grad_()) for k, v in inputs.items()
     }
     out, last = fn(**leaves, delta_softplus=delta_softplus, return_last_state=True)
     loss = (out.float() * dout.float()).sum() + (last * dlast).sum()
@@ -51,18 +54,28 @@ def run(fn, inputs, dout, dlast, *, upcast, delta_softplus):
     return out, last, grads
 
 
-def check(inputs, *, delta_softplus=True):
+def check(inputs, *, delta_softplus=True, fast_inputs=None, fast_dout=None):
+    """The Triton scan on `fast_inputs` (default `inputs`: the same values in another memory layout) against the
+    references on `inputs`: out, last state and every gradient. Returns the Triton path's (out, last, grads)."""
     u = inputs["u"]
     dout = torch.randn(u.shape).to(u.dtype)
     dlast = torch.randn(u.shape[0], u.shape[1], inputs["A"].shape[1])
     with kernels.use_triton():
-        fast = run(kernels.selective_scan, inputs, dout, dlast, upcast=False, delta_softplus=delta_softplus)
+        fast = run(
+            kernels.selective_scan,
+            inputs if fast_inputs is None else fast_inputs,
+            dout if fast_dout is None else fast_dout(dout),
+            dlast,
+            upcast=False,
+            delta_softplus=delta_softplus,
+        )
     lowp = run(ref.selective_scan, inputs, dout, dlast, upcast=False, delta_softplus=delta_softplus)
     hi = run(ref.selective_scan, inputs, dout, dlast, upcast=True, delta_softplus=delta_softplus)
     assert_close("out", fast[0], lowp[0], hi[0])
     assert_close("last_state", fast[1], lowp[1], hi[1])
     for name in fast[2]:
         assert_close(f"d{name}", fast[2][name], lowp[2][name], hi[2][name])
+    return fast
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -179,3 +192,87 @@ def test_state_update_steps_equal_full_scan():
             )
     torch.testing.assert_close(torch.stack(outs, -1), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(state, expected_last, atol=1e-5, rtol=1e-5)
+
+
+# Channel-last memory: the mixer's in_proj/x_proj outputs are [batch, seqlen, channels]; the kernels read their
+# transposed views without a copy and lay out out/du/ddelta/dz/dB/dC the same way.
+
+
+def mixer_layout(inputs, *, dt_rank=3, time_major=()):
+    """`inputs` with the sequences replaced by channel-last views holding the same values, as the mixer makes them:
+    u and z halves of one in_proj output `[b, l, 2d]`, delta a transposed `[b, l, d]`, B and C slices of one x_proj
+    output `[b, l, dt_rank + 2 g n]` after its dt columns. Names in `time_major` stay as they are."""
+    views = dict(inputs)
+    u, z, B, C = (inputs[k] for k in ("u", "z", "B", "C"))
+    views["u"], views["z"] = projection_views(u, z) if z is not None else (*projection_views(u), None)
+    views["delta"] = channel_last_copy(inputs["delta"])
+    _, views["B"], views["C"] = projection_views(B.new_zeros(u.shape[0], dt_rank, u.shape[-1]), B, C)
+    views.update({k: inputs[k] for k in time_major})
+    return views
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    fwd, bwd = LaunchSpy(scan._selective_scan_fwd_kernel), LaunchSpy(scan._selective_scan_bwd_kernel)
+    monkeypatch.setattr(scan, "_selective_scan_fwd_kernel", fwd)
+    monkeypatch.setattr(scan, "_selective_scan_bwd_kernel", bwd)
+    return fwd, bwd
+
+
+def check_channel_last(inputs, spies, *, time_major=()):
+    views = mixer_layout(inputs, time_major=time_major)
+    out, _, grads = check(inputs, fast_inputs=views, fast_dout=channel_last_copy)
+    fwd, bwd = spies
+    sequences = [views[k] for k in SEQUENCES]
+    assert len(fwd.launches) == len(bwd.launches) == 1
+    assert fwd.read_in_place(0, *sequences), "a channel-last input was copied before the forward kernel"
+    assert bwd.read_in_place(0, *sequences), "a channel-last input was copied before the backward kernel"
+    assert is_channel_last(out), f"out strides {out.stride()}"
+    for name in SEQUENCES:
+        if views[name] is None:
+            continue
+        grad = grads[name]
+        expected = "time-major" if name in time_major else "channel-last"
+        layout = "channel-last" if is_channel_last(grad) else "time-major" if grad.is_contiguous() else "other"
+        assert layout == expected, f"d{name} is {layout} (strides {grad.stride()}), expected {expected}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("seqlen", [1, 7, 65])
+def test_scan_channel_last(spies, seqlen, dtype):
+    check_channel_last(make_inputs(2, 5, seqlen, 4, dtype), spies)
+
+
+@pytest.mark.parametrize("reduction", ["atomics", "partials"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_scan_channel_last_grouped(spies, monkeypatch, dtype, reduction):
+    monkeypatch.setattr(scan, "DBC_REDUCTION", reduction)
+    check_channel_last(make_inputs(2, 6, 33, 6, dtype, groups=3), spies)
+
+
+def test_scan_channel_last_mixed_layouts_without_z(spies):
+    # Each sequence carries its own strides: time-major delta and C beside channel-last u and B.
+    inputs = make_inputs(2, 4, 20, 4, torch.float32, has_z=False, has_bias=False, has_init=False)
+    check_channel_last(inputs, spies, time_major=("delta", "C"))
+
+
+def test_scan_time_major_outputs_stay_contiguous():
+    inputs = make_inputs(2, 5, 9, 4, torch.bfloat16)
+    out, _, grads = check(inputs)
+    assert out.is_contiguous()
+    assert all(grads[k].is_contiguous() for k in SEQUENCES)
+
+
+def test_scan_copies_only_a_sequence_with_neither_unit_stride(spies):
+    # Every other channel and step of a larger tensor: neither the time nor the channel stride is 1.
+    inputs = make_inputs(2, 4, 7, 4, torch.float32)
+    strided = torch.zeros(2, 8, 14)
+    strided[:, ::2, ::2] = inputs["u"]
+    views = {**mixer_layout(inputs), "u": strided[:, ::2, ::2]}
+    with kernels.use_triton(), torch.no_grad():
+        out = kernels.selective_scan(**views, delta_softplus=True)
+    expected = ref.selective_scan(**inputs, delta_softplus=True)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    u_seen = spies[0].launches[0][0]
+    assert u_seen.data_ptr() != views["u"].data_ptr() and u_seen.stride(-1) == 1
+    assert spies[0].read_in_place(0, *(views[k] for k in SEQUENCES if k != "u"))
