@@ -31,14 +31,14 @@ from kernels._triton_utils import call_op, channel_last, empty, empty_sequence, 
 
 __all__ = ["causal_conv1d"]
 
-# Tile shapes per pass and memory layout. Time-major (time stride 1): long runs along time, tuned on an H100.
-# Channel-last (channel stride 1, the mixer's in_proj views): enough channels per row that each time step's load is
-# one 128-byte line in bf16; see benchmarks/kernels.py --sweep.
+# Tile shapes per pass and memory layout, the fastest of `benchmarks/kernels.py --sweep-conv` on an H100 (GPU time of
+# (8, 1536, 2048) bf16, CUDA graphs; see kernels/NOTES.md). Time-major = time at unit stride; channel-last = channels
+# at unit stride (the mixer's in_proj views): wide channel blocks, short time tiles.
 CONFIGS = {
     "fwd": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4),
-    "bwd": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4),
-    "fwd_channel_last": dict(BLOCK_D=64, BLOCK_L=32, num_warps=4),
-    "bwd_channel_last": dict(BLOCK_D=64, BLOCK_L=32, num_warps=4),
+    "bwd": dict(BLOCK_D=32, BLOCK_L=64, num_warps=4),
+    "fwd_channel_last": dict(BLOCK_D=128, BLOCK_L=16, num_warps=4),
+    "bwd_channel_last": dict(BLOCK_D=16, BLOCK_L=64, num_warps=2),
 }
 
 
