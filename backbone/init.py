@@ -64,13 +64,24 @@ def init_embedding_(embedding: nn.Embedding, std: float = 0.02) -> None:
 
 
 def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW parameter groups: matrices decay; biases, norms, A_log and D do not."""
+    """Two AdamW parameter groups: matrices decay; biases, norms, A_log and D do not.
+
+    A parameter's `NO_WEIGHT_DECAY` attribute, when set (True or False), decides over its shape: FSDP hands the
+    optimizer flattened 1-D views, so the shape rule is recorded on the parameters before they are sharded
+    (`mark_weight_decay`).
+    """
     decay, no_decay = [], []
     for param in model.parameters():
         if not param.requires_grad:
             continue
-        if param.dim() < 2 or getattr(param, NO_WEIGHT_DECAY, False):
+        if getattr(param, NO_WEIGHT_DECAY, param.dim() < 2):
             no_decay.append(param)
         else:
             decay.append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def mark_weight_decay(model: nn.Module) -> None:
+    """Record `optimizer_groups`' decision on every parameter (`NO_WEIGHT_DECAY` True/False), while shapes are real."""
+    for param in model.parameters():
+        setattr(param, NO_WEIGHT_DECAY, getattr(param, NO_WEIGHT_DECAY, param.dim() < 2))

@@ -40,10 +40,12 @@ from tasks.audio.metrics import classification_report
 from tasks.audio.model import AudioClassifier, AudioModelConfig
 from tasks.audio.tokenizer import MuLawTokenizer
 from tasks.audio.transforms import place
+from tasks.distributed import gather_ordered, throughput_metrics
 from tasks.runs import (
     TrainerConfig,
     adamw_warmup_cosine,
     build_trainer,
+    is_global_zero,
     load_config,
     plot_confusion_matrix,
     prepare_run_dir,
@@ -99,27 +101,41 @@ class AudioClassifierModule(pl.LightningModule):
         self.model, self.optim = model, optim
         self.test_true: list[int] = []
         self.test_pred: list[int] = []
-
-    def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(batch["tokens"])  # [B, C]
-        smoothing = self.optim.label_smoothing if stage == "train" else 0.0
-        loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=smoothing)
-        acc = (logits.argmax(-1) == batch["label"]).float().mean()
-        size = batch["label"].shape[0]
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, on_step=stage == "train", on_epoch=True)
-        self.log(f"{stage}/acc", acc, prog_bar=True, batch_size=size, on_step=False, on_epoch=True)
-        return loss, logits
+        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")[0]
+        logits = self.model(batch["tokens"])  # [B, C]
+        loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=self.optim.label_smoothing)
+        acc = (logits.argmax(-1) == batch["label"]).float().mean()
+        size = batch["label"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size, on_step=True, on_epoch=True, sync_dist=True)
+        self.log("train/acc", acc, prog_bar=True, batch_size=size, on_step=False, on_epoch=True, sync_dist=True)
+        return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "val")
+        self._outputs["val"].append((self.model(batch["tokens"]).float().cpu(), batch["label"].cpu()))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self._step(batch, "test")[1]
-        self.test_true += batch["label"].tolist()
-        self.test_pred += logits.argmax(-1).tolist()
+        self._outputs["test"].append((self.model(batch["tokens"]).float().cpu(), batch["label"].cpu()))
+
+    def _eval_end(self, stage: str) -> None:
+        """Loss and accuracy over the whole split: every rank's outputs gathered, each clip counted once."""
+        outputs, self._outputs[stage] = self._outputs[stage], []
+        if not outputs:
+            return
+        logits = gather_ordered(self, torch.cat([x for x, _ in outputs]), stage)  # [N, C]
+        labels = gather_ordered(self, torch.cat([y for _, y in outputs]), stage)  # [N]
+        preds = logits.argmax(-1)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, labels).item(), prog_bar=True)
+        self.log(f"{stage}/acc", (preds == labels).float().mean().item(), prog_bar=True)
+        if stage == "test":
+            self.test_true, self.test_pred = labels.tolist(), preds.tolist()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
 
     def configure_optimizers(self):
         total = max(1, self.trainer.estimated_stepping_batches)
@@ -164,7 +180,6 @@ def report_test(module: AudioClassifierModule, labels: list[str], run_dir: Path,
     metrics = {"test/accuracy": report["accuracy"], "test/macro_f1": report["macro_f1"],
                "test/num_examples": len(module.test_true), "skipped_bad_files": len(bad) if bad else 0}  # fmt: skip
     metrics.update({f"test/f1/{k}": v["f1"] for k, v in report["per_class"].items()})
-    write_metrics_json(run_dir, metrics)
     log.info("test report\n%s", report["text"])
     return metrics
 
@@ -234,16 +249,21 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(
             f"data.num_samples={cfg.data.num_samples} must be a multiple of the frame {model.config.frame}"
         )
-    (run_dir / "labels.json").write_text(json.dumps(data.labels) + "\n")
-    (run_dir / "encoder_config.json").write_text(json.dumps(asdict(model.config), indent=2) + "\n")
+    if is_global_zero():
+        (run_dir / "labels.json").write_text(json.dumps(data.labels) + "\n")
+        (run_dir / "encoder_config.json").write_text(json.dumps(asdict(model.config), indent=2) + "\n")
     module = AudioClassifierModule(model, cfg.optim)
+    budget = time_limit(cfg.max_time_s)
     trainer = build_trainer(
-        cfg.trainer, run_dir, monitor="val/acc", mode="max", extra_callbacks=time_limit(cfg.max_time_s)
+        cfg.trainer, run_dir, monitor="val/acc", mode="max", extra_callbacks=budget, tokens_key="tokens"
     )
     trainer.fit(module, datamodule=data, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
     has_best = bool(trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path)
     trainer.test(module, datamodule=data, ckpt_path="best" if has_best else None)
-    metrics = report_test(module, data.labels, run_dir, data.bad)
+    if not trainer.is_global_zero:  # every rank holds the gathered test predictions; one writes the report
+        return {}
+    metrics = report_test(module, data.labels, run_dir, data.bad) | throughput_metrics(trainer)
+    write_metrics_json(run_dir, metrics)
     if data.bad:
         log.warning("skipped %d bad file(s):\n  %s", len(data.bad), "\n  ".join(data.bad.messages))
     log.info("test accuracy %.4f, macro-F1 %.4f; run directory %s", metrics["test/accuracy"],

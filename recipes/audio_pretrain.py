@@ -33,6 +33,7 @@ from tasks.audio.io import write_wav
 from tasks.audio.metrics import bits_per_sample
 from tasks.audio.model import AudioLM, AudioModelConfig
 from tasks.audio.tokenizer import MuLawTokenizer
+from tasks.distributed import throughput_metrics, unsharded_state_dict
 from tasks.runs import (
     TrainerConfig,
     adamw_warmup_cosine,
@@ -94,10 +95,13 @@ class AudioLMModule(pl.LightningModule):
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         loss, count = self.model.loss(batch["tokens"], batch["mask"])
-        # Weighting each batch by its number of predicted samples makes the epoch value a true per-sample mean.
-        weight = max(1, int(count))
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=weight, on_step=stage == "train", on_epoch=True)
-        self.log(f"{stage}/bps", loss / math.log(2), prog_bar=stage != "train", batch_size=weight, on_epoch=True)
+        # Weighting each batch by its number of predicted samples makes the epoch value a true per-sample mean, over
+        # all ranks with sync_dist (the padding of the evaluation shards predicts nothing, so it weighs nothing).
+        weight = max(1, int(count)) if stage == "train" else int(count)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=weight, on_step=stage == "train", on_epoch=True,
+                 sync_dist=True)  # fmt: skip
+        self.log(f"{stage}/bps", loss / math.log(2), prog_bar=stage != "train", batch_size=weight, on_epoch=True,
+                 sync_dist=True)  # fmt: skip
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -178,20 +182,30 @@ def main(argv: list[str] | None = None) -> dict:
     data = build_data(cfg)
     data.setup("fit")
     module = AudioLMModule(build_model(cfg), cfg.optim)
+    budget = time_limit(cfg.max_time_s)
     trainer = build_trainer(
-        cfg.trainer, run_dir, monitor="val/bps", mode="min", extra_callbacks=time_limit(cfg.max_time_s)
+        cfg.trainer, run_dir, monitor="val/bps", mode="min", extra_callbacks=budget, tokens_key="tokens"
     )
     trainer.fit(module, datamodule=data, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    # The final weights, unsharded (a collective under FSDP); then one process evaluates and writes.
+    final = unsharded_state_dict(trainer)
+    if not trainer.is_global_zero:
+        return {}
     if best:
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
-    model = module.model.eval()
+        final = {k.removeprefix("model."): v for k, v in state.items()}
+    model = build_model(cfg)
+    model.load_state_dict(final)
+    model.eval()
     model.save_pretrained(run_dir / "pretrained")
     device = next(model.parameters()).device
-    metrics = {"val/bps": evaluate_bps(model, data.val_dataloader(), device), "best_checkpoint": best,
+    split = data.datasets[data.eval_split]  # all of it, in this process
+    eval_loader = DataLoader(split, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+    metrics = {"val/bps": evaluate_bps(model, eval_loader, device), "best_checkpoint": best,
                "skipped_bad_files": len(data.bad) if data.bad else 0}  # fmt: skip
     metrics["samples"] = [str(p) for p in write_samples(model, data, cfg, run_dir)]
+    metrics |= throughput_metrics(trainer)
     write_metrics_json(run_dir, metrics)
     if data.bad:
         log.warning("skipped %d bad file(s):\n  %s", len(data.bad), "\n  ".join(data.bad.messages))

@@ -33,6 +33,7 @@ from pytorch_lightning.callbacks import Timer
 
 from backbone import MambaConfig
 from backbone.init import optimizer_groups
+from tasks.distributed import gather_ordered, throughput_metrics
 from tasks.genomics.baseline import kmer_logistic_baseline
 from tasks.genomics.data import GUEDataModule, SpeciesDataModule, materialize
 from tasks.genomics.heads import DNAClassifier
@@ -130,13 +131,11 @@ class DNAClassifyModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = F.cross_entropy(self(batch["input_ids"], batch["mask"]).float(), batch["label"])
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss under DDP
         return loss
 
     def _eval_step(self, batch: dict, stage: str) -> None:
-        logits = self(batch["input_ids"], batch["mask"]).float()
-        self._outputs[stage].append((logits.softmax(-1).cpu(), batch["label"].cpu()))
-        self.log(f"{stage}/loss", F.cross_entropy(logits, batch["label"]), prog_bar=stage == "val")
+        self._outputs[stage].append((self(batch["input_ids"], batch["mask"]).float().cpu(), batch["label"].cpu()))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -145,11 +144,14 @@ class DNAClassifyModule(pl.LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_end(self, stage: str) -> None:
+        """Metrics over the whole split: every rank's outputs gathered, each sequence counted once."""
         outputs, self._outputs[stage] = self._outputs[stage], []
         if not outputs:
             return
-        probs = torch.cat([p for p, _ in outputs]).numpy()
-        labels = torch.cat([y for _, y in outputs]).numpy()
+        logits = gather_ordered(self, torch.cat([x for x, _ in outputs]), stage)  # [N, C]
+        labels = gather_ordered(self, torch.cat([y for _, y in outputs]), stage)  # [N]
+        self.log(f"{stage}/loss", F.cross_entropy(logits, labels).item(), prog_bar=stage == "val")
+        probs, labels = logits.softmax(-1).numpy(), labels.numpy()
         for key, value in classification_metrics(labels, probs).items():
             self.log(f"{stage}/{key}", value, prog_bar=stage == "val" and key == "mcc")
         if stage == "test":
@@ -220,12 +222,15 @@ def main(argv: list[str] | None = None) -> dict:
              len(datamodule.splits["train"]), len(datamodule.splits["val"]), len(datamodule.splits["test"]),
              n_params / 1e6, cfg.model.init_from or "scratch", run_dir)  # fmt: skip
     budget = [Timer(duration={"minutes": cfg.time_budget_minutes})] if cfg.time_budget_minutes else []
-    trainer = build_trainer(cfg.trainer, run_dir, monitor="val/loss", mode="min", extra_callbacks=budget)
+    trainer = build_trainer(cfg.trainer, run_dir, monitor="val/loss", mode="min", extra_callbacks=budget,
+                            tokens_key="input_ids")  # fmt: skip
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     train_s = time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path or None
     metrics = dict(trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0])
+    if not trainer.is_global_zero:  # every rank holds the gathered test predictions; one reports
+        return metrics
     labels, probs = module.test_predictions
     plot_confusion_matrix(confusion_matrix(labels, probs.argmax(1), datamodule.num_classes), datamodule.class_names,
                           run_dir / "confusion_matrix.png", title="test split")  # fmt: skip
@@ -240,6 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         "best_checkpoint": best,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
+    metrics |= throughput_metrics(trainer)
     write_metrics_json(run_dir, metrics)
     log.info("test: %s", {k: round(v, 4) for k, v in metrics.items() if "/test/" in k or k.startswith("test/")})
     return metrics

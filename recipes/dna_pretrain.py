@@ -31,6 +31,7 @@ import torch
 
 from backbone import MambaConfig
 from backbone.init import optimizer_groups
+from tasks.distributed import throughput_metrics, unsharded_state_dict
 from tasks.genomics.data import PretrainDataConfig, PretrainDataModule
 from tasks.genomics.metrics import NextBaseMetrics, next_base_nll
 from tasks.genomics.tokenizer import DNATokenizer
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("model: %.2fM parameters; %d validation set(s) %s; run dir %s",
              n_params / 1e6, len(datamodule.val_names), datamodule.val_names, run_dir)  # fmt: skip
     callbacks = [TimeBudget(cfg.time_budget_minutes)] if cfg.time_budget_minutes and cfg.mode == "train" else []
-    trainer = build_trainer(cfg.trainer, run_dir, monitor="val/loss", mode="min", extra_callbacks=callbacks)
+    trainer = build_trainer(cfg.trainer, run_dir, monitor="val/loss", mode="min", extra_callbacks=callbacks,
+                            tokens_key="input_ids")  # fmt: skip
 
     metrics: dict = {}
     if cfg.mode == "eval":
@@ -191,10 +193,14 @@ def main(argv: list[str] | None = None) -> dict:
         "eval_genomes": list(cfg.data.eval_genomes),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
+    metrics |= throughput_metrics(trainer)
+    weights = unsharded_state_dict(trainer)  # every rank: FSDP gathers the shards here
     if not trainer.is_global_zero:  # under DDP/FSDP every rank gets here; one writes
         return metrics
     write_metrics_json(run_dir, metrics)
-    export = module.model.save_pretrained(run_dir / "model")
+    model = MambaLM(module.model.config)
+    model.load_state_dict(weights)
+    export = model.save_pretrained(run_dir / "model")
     log.info("validation bits/base: %s; exported %s",
              {k: round(v, 4) for k, v in metrics.items() if k.endswith("bits_per_base")}, export)  # fmt: skip
     return metrics

@@ -10,15 +10,18 @@ evaluation set and exported with `save_pretrained` plus its `tokenizer.json`, re
     python -m recipes.lm_pretrain --config gpu tokenizer.vocab_size=258        # byte-level instead of BPE
     python -m recipes.lm_pretrain data.files='[a.txt,b.txt]' data.extra_eval='[]'
     python -m recipes.lm_pretrain --config gpu ckpt_path=last       # resume the newest run
+    python -m recipes.lm_pretrain --config 130m trainer.devices=2 trainer.strategy=fsdp   # 130M shape, 2 GPUs
     python -m recipes.generate --model runs/lm_pretrain/<time>/model --prompt "ROMEO:"
 
-Run directory: config.yaml, git_revision.txt, metrics.csv, checkpoints/, loss_curve.png, metrics.json, model/.
+Run directory: config.yaml, git_revision.txt, metrics.csv, checkpoints/, loss_curve.png, metrics.json, model/,
+throughput.json (tokens/s and peak GPU memory after warm-up, also in metrics.json).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -180,7 +183,8 @@ def build_tokenizer(cfg: TokenizerConfig, train_docs: list[str], cache_dir: Path
         return TextTokenizer.from_file(path)
     lines = (line for doc in train_docs for line in doc.splitlines(keepends=True))
     tokenizer = TextTokenizer.train_bpe(lines, cfg.vocab_size, min_frequency=cfg.min_frequency)
-    tokenizer.save(path)
+    # Write then rename: processes started together (torchrun, SLURM) may all train it and read it back.
+    os.replace(tokenizer.save(path.with_suffix(f".{os.getpid()}.tmp.json")), path)
     log.info("trained a %d-token byte-level BPE -> %s", tokenizer.vocab_size, path)
     return tokenizer
 

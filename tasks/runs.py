@@ -9,6 +9,7 @@ A run directory holds everything about one run::
         checkpoints/        last.ckpt + the best checkpoint by the monitored metric
         loss_curve.png      train/validation loss against step
         metrics.json        final metrics
+        throughput.json     training tokens/s and peak GPU memory (`tasks.distributed.Throughput`)
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from tasks.distributed import ModelOrderOptimizerState, PerRankSeed, Throughput, build_strategy
+
 log = logging.getLogger(__name__)
 RUN_DIR_ENV = "MAMBALAB_RUN_DIR"
 
@@ -41,7 +44,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainerConfig:
-    """The subset of `pl.Trainer` arguments a recipe exposes (names and meanings are Lightning's)."""
+    """The subset of `pl.Trainer` arguments a recipe exposes (names and meanings are Lightning's), plus
+    `throughput_warmup_steps`: the optimizer steps before the throughput/memory measurement starts."""
 
     max_steps: int = 1000
     max_epochs: int | None = None
@@ -60,6 +64,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     enable_progress_bar: bool = True
     deterministic: bool = False
+    throughput_warmup_steps: int = 10
 
 
 USAGE = """usage: python -m recipes.{job} [--config NAME_OR_PATH] [key=value ...]
@@ -260,8 +265,14 @@ def build_trainer(
     monitor: str = "val/loss",
     mode: str = "min",
     extra_callbacks: Sequence[pl.Callback] = (),
+    tokens_key: str | None = None,
 ) -> pl.Trainer:
-    """A Trainer that logs to CSV (and TensorBoard if installed), checkpoints last + best, and shows progress."""
+    """A Trainer that logs to CSV (and TensorBoard if installed), checkpoints last + best, and shows progress.
+
+    On any number of devices: ranks > 0 get their own random stream from `fit` on (`PerRankSeed`), and training
+    throughput (`tokens_key`: the batch entry that holds tokens) and peak memory are measured (`Throughput`;
+    `tasks.distributed.throughput_metrics(trainer)` returns them for `metrics.json`).
+    """
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
@@ -276,25 +287,18 @@ def build_trainer(
         ),
         LearningRateMonitor(logging_interval="step"),
         LossCurvePlot(run_dir),
+        PerRankSeed(),
+        ModelOrderOptimizerState(),
+        Throughput(trainer_cfg.throughput_warmup_steps, tokens_key),
         *extra_callbacks,
     ]  # fmt: skip
     if trainer_cfg.enable_progress_bar:
         callbacks.append(RichProgressBar())
     # None is meaningful to Lightning here (e.g. check_val_every_n_epoch=None validates across epoch boundaries).
     kwargs = dict(vars(trainer_cfg))
+    del kwargs["throughput_warmup_steps"]
     kwargs["strategy"] = build_strategy(trainer_cfg.strategy)
     return pl.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks, **kwargs)
-
-
-def build_strategy(name: str):
-    """Lightning strategy by name; `fsdp` shards at the residual-block level (one FSDP unit per `MambaBlock`)."""
-    if name != "fsdp":
-        return name
-    from pytorch_lightning.strategies import FSDPStrategy
-
-    from backbone.block import MambaBlock
-
-    return FSDPStrategy(auto_wrap_policy={MambaBlock}, sharding_strategy="FULL_SHARD", state_dict_type="full")
 
 
 class TimeBudget(pl.Callback):
@@ -304,6 +308,7 @@ class TimeBudget(pl.Callback):
     The step time is measured between the two steps of `probe` (after warm-up, compilation and the first
     validation); a `reserve` fraction of the budget is kept for validation passes. Training also stops outright once
     the budget is spent. Lightning's `Timer` only stops; this also shortens the schedule so the LR still decays.
+    Under several processes rank 0's clock decides for all, so every rank stops at the same step.
     """
 
     def __init__(self, minutes: float, probe: tuple[int, int] = (5, 15), reserve: float = 0.2) -> None:
@@ -324,12 +329,15 @@ class TimeBudget(pl.Callback):
         elif step == self.probe[1] and self.probe_start:
             per_step = (now - self.probe_start) / (self.probe[1] - self.probe[0])
             remaining = (1 - self.reserve) * self.budget_s - (now - self.fit_start)
-            steps = min(trainer.max_steps, step + max(0, int(remaining / per_step)))
+            steps = trainer.strategy.broadcast(min(trainer.max_steps, step + max(0, int(remaining / per_step))))
             trainer.fit_loop.epoch_loop.max_steps = steps
             if hasattr(pl_module, "total_steps"):
                 pl_module.total_steps = steps
             log.info("time budget %.1f min: %.1f ms/step -> max_steps=%d", self.budget_s / 60, per_step * 1e3, steps)
-        if now - self.fit_start > self.budget_s:
+        over = now - self.fit_start > self.budget_s
+        if trainer.world_size > 1:  # a collective, so only every 10th step
+            over = step % 10 == 0 and trainer.strategy.broadcast(over)
+        if over:
             trainer.should_stop = True
 
 

@@ -31,6 +31,7 @@ from tasks.audio.io import AudioFileError, Normalization, load_waveform
 from tasks.audio.tokenizer import MuLawTokenizer
 from tasks.audio.transforms import AugmentConfig, augment, place
 from tasks.data_sources import DatasetNotFoundError, NamedDataset, resolve
+from tasks.distributed import eval_shards
 
 log = logging.getLogger(__name__)
 
@@ -360,15 +361,28 @@ class AudioDataModule(pl.LightningDataModule):
             raise ManifestError("no training recordings left after splitting (check the split column/test_speakers)")
 
     def _loader(self, name: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(self.datasets[name], batch_size=self.cfg.batch_size, shuffle=shuffle,
-                          num_workers=self.cfg.num_workers, drop_last=shuffle and len(self.datasets[name])
-                          > self.cfg.batch_size, persistent_workers=self.cfg.num_workers > 0)  # fmt: skip
+        dataset, sampler = self.datasets[name], None
+        if not shuffle:  # evaluation: with several processes each clip is scored once over all ranks
+            dataset, sampler = eval_shards(dataset, self.trainer, _silent_unlabeled)
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, sampler=sampler,
+                          num_workers=self.cfg.num_workers, drop_last=shuffle and len(dataset) > self.cfg.batch_size,
+                          persistent_workers=self.cfg.num_workers > 0)  # fmt: skip
+
+    @property
+    def eval_split(self) -> str:
+        """The split validation uses: `val`, or `test` when there is no validation split."""
+        return "val" if self.datasets["val"] else "test"
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val" if self.datasets["val"] else "test")
+        return self._loader(self.eval_split)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+
+def _silent_unlabeled(item: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Padding for evaluation shards: no recorded sample (nothing is scored) and no label."""
+    return {"tokens": item["tokens"], "mask": torch.zeros_like(item["mask"]), "label": torch.tensor(-1)}

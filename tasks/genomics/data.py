@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from tasks.data_sources import NamedDataset, resolve
+from tasks.distributed import eval_shards
 from tasks.genomics.catalog import GENOMES, genome_path
 from tasks.genomics.fasta import EncodedRecord, load_genome
 from tasks.genomics.metrics import IGNORE_INDEX
@@ -149,7 +150,12 @@ class PretrainDataModule(pl.LightningDataModule):
         return self._loader(self.train_set, sampler)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(ds) for ds in self.val_sets]
+        # With several processes each window is scored once over all ranks (`tasks.distributed.eval_shards`).
+        return [self._loader(*eval_shards(ds, self.trainer, _score_nothing)) for ds in self.val_sets]
+
+
+def _score_nothing(item: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"input_ids": item["input_ids"], "labels": torch.full_like(item["labels"], IGNORE_INDEX)}
 
 
 class LabeledSequences(Dataset):

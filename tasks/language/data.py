@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tasks.data_sources import NamedDataset, cache_root
+from tasks.distributed import eval_shards
 from tasks.language.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,14 @@ WIKITEXT2_VALID = NamedDataset(
     verify=_verify_sha256("f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8"),
 )
 NAMED_TEXT = {d.name: d for d in (TINYSHAKESPEARE, WIKITEXT2_VALID)}
+GPT_NEOX_20B_TOKENIZER = NamedDataset(
+    name="gpt-neox-20b",
+    filename="gpt-neox-20b/tokenizer.json",
+    url="https://raw.githubusercontent.com/BlinkDL/RWKV-LM/524481d5099b38d9bc8ef1e89209161b86c8011b/RWKV-v4/20B_tokenizer.json",
+    description="GPT-NeoX-20B's byte-level BPE (50,277 ids), the tokenizer of the public Mamba checkpoints",
+    verify=_verify_sha256("56ac4821e129d2c520fdaba60abd920fa852ada51b45c0dd52bbb6bd8c985ade"),
+)
+NAMED_TOKENIZERS = {GPT_NEOX_20B_TOKENIZER.name: GPT_NEOX_20B_TOKENIZER}  # `tokenizer.path` may name one of these
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -271,10 +280,10 @@ class TextDataModule(pl.LightningDataModule):
     def eval_names(self) -> list[str]:
         return list(self.evals)
 
-    def _loader(self, dataset: Dataset, batch_size: int, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, drop_last: bool, sampler=None) -> DataLoader:
         return DataLoader(
             dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last, num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0, sampler=sampler,
         )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
@@ -287,11 +296,15 @@ class TextDataModule(pl.LightningDataModule):
         return self._loader(dataset, self.batch_size, drop_last=True)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [
-            self._loader(
-                PackedTokenDataset(t.tokens, self.seq_len, self.eos_id, self.pad_id),
-                self.eval_batch_size,
-                drop_last=False,
-            )  # fmt: skip
-            for t in self.evals.values()
-        ]
+        # Training windows are random draws (Lightning's DistributedSampler only splits their count between ranks;
+        # `PerRankSeed` makes the draws differ); evaluation windows are each scored once over all ranks.
+        loaders = []
+        for t in self.evals.values():
+            windows = PackedTokenDataset(t.tokens, self.seq_len, self.eos_id, self.pad_id)
+            dataset, sampler = eval_shards(windows, self.trainer, _score_nothing)
+            loaders.append(self._loader(dataset, self.eval_batch_size, drop_last=False, sampler=sampler))
+        return loaders
+
+
+def _score_nothing(item: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"input_ids": item["input_ids"], "targets": torch.full_like(item["targets"], IGNORE_INDEX)}
