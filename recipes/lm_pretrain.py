@@ -82,6 +82,7 @@ class DataConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     num_workers: int = 0
+    train_windows_per_epoch: int | None = None  # default: one pass worth of windows (few steps on a small corpus)
     # After training, also score these evaluation sets with the best checkpoint as one stream, the recurrent state
     # carried across chunks (every token sees all the text before it; see `streamed_nll`):
     # `<name>/bits_per_char_streamed`.
@@ -217,6 +218,7 @@ def build_data(cfg: LMPretrainConfig) -> tuple[TextDataModule, TextTokenizer]:
     module = TextDataModule(
         train, evals, seq_len=data.seq_len, batch_size=data.batch_size, eval_batch_size=data.eval_batch_size,
         eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, num_workers=data.num_workers,
+        train_windows_per_epoch=data.train_windows_per_epoch,
     )  # fmt: skip
     return module, tokenizer
 

@@ -190,12 +190,22 @@ class PackedTokenDataset(Dataset):
         eos_id: the end-of-document id.
         pad_id: the id put in input positions past the end of the stream (their targets are masked).
         random_windows: training mode: each item is a window at a uniformly random start (drawn from torch's RNG,
-            so `seed_everything` makes it reproducible), and an epoch is `(n_tokens - 1) // seq_len` items.
+            so `seed_everything` makes it reproducible), and an epoch is `(n_tokens - 1) // seq_len` items unless
+            `windows_per_epoch` says otherwise (an epoch of random windows is only a bookkeeping unit: a small corpus
+            gives epochs of a few steps, and each epoch end costs a loader restart and, under DDP, a sync).
             Otherwise evaluation mode: consecutive non-overlapping windows that score every target exactly once,
             the last one padded.
     """
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, eos_id: int, pad_id: int, random_windows: bool = False):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        seq_len: int,
+        eos_id: int,
+        pad_id: int,
+        random_windows: bool = False,
+        windows_per_epoch: int | None = None,
+    ):
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         if len(tokens) < 2:
@@ -204,10 +214,15 @@ class PackedTokenDataset(Dataset):
             raise ValueError(f"the training stream has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1}")
         self.tokens, self.seq_len, self.eos_id, self.pad_id = tokens, seq_len, eos_id, pad_id
         self.random_windows = random_windows
+        if windows_per_epoch is not None and (not random_windows or windows_per_epoch < 1):
+            raise ValueError(f"windows_per_epoch must be >= 1 and needs random_windows, got {windows_per_epoch}")
+        self.windows_per_epoch = windows_per_epoch
 
     def __len__(self) -> int:
         n_targets = len(self.tokens) - 1
-        return n_targets // self.seq_len if self.random_windows else -(-n_targets // self.seq_len)
+        if self.random_windows:
+            return self.windows_per_epoch or n_targets // self.seq_len
+        return -(-n_targets // self.seq_len)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if self.random_windows:
@@ -256,6 +271,7 @@ class TextDataModule(pl.LightningDataModule):
         seq_len, batch_size: window length and training batch size; evaluation uses `eval_batch_size`.
         eos_id, pad_id: from the tokenizer.
         num_workers: DataLoader workers (windows are cheap memory-mapped slices; 0 is usually enough).
+        train_windows_per_epoch: random training windows per epoch (default: the split's tokens / seq_len).
     """
 
     def __init__(
@@ -269,12 +285,14 @@ class TextDataModule(pl.LightningDataModule):
         pad_id: int,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
+        train_windows_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
         self.train, self.evals = train, dict(evals)
         self.seq_len, self.batch_size = seq_len, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.eos_id, self.pad_id, self.num_workers = eos_id, pad_id, num_workers
+        self.train_windows_per_epoch = train_windows_per_epoch
 
     @property
     def eval_names(self) -> list[str]:
@@ -287,7 +305,10 @@ class TextDataModule(pl.LightningDataModule):
         )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
-        dataset = PackedTokenDataset(self.train.tokens, self.seq_len, self.eos_id, self.pad_id, random_windows=True)
+        dataset = PackedTokenDataset(
+            self.train.tokens, self.seq_len, self.eos_id, self.pad_id, random_windows=True,
+            windows_per_epoch=self.train_windows_per_epoch,
+        )  # fmt: skip
         if len(dataset) < self.batch_size:
             raise ValueError(
                 f"the training split ({len(self.train.tokens)} tokens) gives {len(dataset)} windows of "

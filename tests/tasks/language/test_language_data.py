@@ -95,6 +95,16 @@ def test_random_training_windows_are_masked_too():
         assert ((item["input_ids"] == eos) == (item["targets"] == IGNORE_INDEX)).all()
 
 
+def test_epoch_length_of_random_windows_is_configurable(tmp_path, byte_tokenizer):
+    stream = np.tile(np.array([4, 5, 6, 0], dtype=np.uint16), 50)
+    assert len(PackedTokenDataset(stream, 16, 0, 1, random_windows=True, windows_per_epoch=1000)) == 1000
+    with pytest.raises(ValueError, match="windows_per_epoch"):
+        PackedTokenDataset(stream, 16, 0, 1, windows_per_epoch=10)  # evaluation windows are a fixed set
+    train = tokenize_cached("t", ["some training text " * 20], byte_tokenizer, tmp_path)
+    dm = TextDataModule(train, {"val": train}, seq_len=8, batch_size=4, eos_id=0, pad_id=1, train_windows_per_epoch=64)
+    assert len(dm.train_dataloader()) == 16
+
+
 def test_datamodule_batches(tmp_path, byte_tokenizer):
     train = tokenize_cached("t", ["some training text " * 20], byte_tokenizer, tmp_path)
     val = tokenize_cached("v", ["held out"], byte_tokenizer, tmp_path)
