@@ -32,6 +32,7 @@ from collections.abc import Iterator
 import torch
 
 from kernels._checks import check_groups, check_same_device, check_shape, check_tensor
+from kernels._triton_utils import sequence_strides
 from kernels.causal_conv1d import ref as _conv_ref
 from kernels.rms_norm import ref as _norm_ref
 from kernels.selective_scan import ref as _scan_ref
@@ -140,11 +141,9 @@ def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _sequence(t: torch.Tensor | None) -> torch.Tensor | None:
-    # Sequences `(batch, ..., channels, seqlen)`: the kernels take a stride for every axis and read time-major memory
-    # (time stride 1) and channel-last memory (channel/state stride 1, a transposed `[batch, seqlen, channels]`) as
-    # they are, so the mixer's transposed views cost no copy. Copy only where neither stride is 1 (no load would
-    # coalesce).
-    return t if t is None or t.stride(-1) == 1 or t.stride(-2) == 1 else t.contiguous()
+    # Sequences `(batch, ..., channels, seqlen)`: time-major and channel-last memory go through as they are (the
+    # mixer's transposed views cost no copy); the rule is the launchers' own, `sequence_strides`.
+    return sequence_strides(t)[0]
 
 
 def selective_scan(
