@@ -28,6 +28,8 @@ class MambaConfig:
         rescale_prenorm_residual: scale out_proj by 1/sqrt(n_layer) at init (GPT-2's pre-norm residual rule).
         dropout: dropout on each block's mixer output before it joins the residual stream (training only; the public
             checkpoints use 0). Small corpora such as tinyshakespeare need it.
+        mixer_dropout: dropout inside each mixer on the convolution's output, the input of both the SSM and the
+            x_proj that makes its step sizes and B/C (training only; 0 in the public checkpoints).
     """
 
     d_model: int = 768
@@ -48,6 +50,7 @@ class MambaConfig:
     norm_epsilon: float = 1e-5
     rescale_prenorm_residual: bool = True
     dropout: float = 0.0
+    mixer_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layer", "d_state", "expand"):
@@ -57,8 +60,9 @@ class MambaConfig:
             raise ValueError(f"MambaConfig.d_conv must be >= 2, got {self.d_conv}")
         if isinstance(self.dt_rank, str) and self.dt_rank != "auto":
             raise ValueError(f"MambaConfig.dt_rank must be a positive int or 'auto', got {self.dt_rank!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"MambaConfig.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "mixer_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"MambaConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"MambaConfig needs 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
 

@@ -1,13 +1,15 @@
 """The Mamba mixer (selective SSM block), with the public checkpoints' exact parameter names and shapes.
 
-    x, z   = in_proj(hidden).split(d_inner)                     [B, L, 2 * d_inner]
-    x      = silu(causal_conv1d(x))                             depthwise, width d_conv
+    x, z   = in_proj(hidden).split(d_inner)                     [B, d_inner, L] each
+    x      = silu(causal_conv1d(x))                             depthwise, width d_conv (then mixer_dropout)
     dt, B, C = x_proj(x).split(dt_rank, d_state, d_state)
     delta  = dt_proj.weight @ dt  (its bias is applied inside the scan, before the softplus)
     y      = selective_scan(x, delta, A = -exp(A_log), B, C, D, z, dt_proj.bias, softplus)
     out    = out_proj(y)
 
-The math of every step lives in `kernels/`; this module only wires parameters and layouts.
+The math of every step lives in `kernels/`; this module only wires parameters and layouts. The sequences stay in
+channel-major memory (`[channels, B L]` matrices, time contiguous) from in_proj to out_proj, so no activation is
+ever transposed (`backbone/projections.py` says why).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import kernels
 from backbone.cache import LayerCache
 from backbone.config import MambaConfig
 from backbone.init import NO_WEIGHT_DECAY, init_dt_proj_, s4d_real_A_log
+from backbone.projections import channel_major_matrix, from_channel_major, in_projection, out_projection
 
 
 class MambaMixer(nn.Module):
@@ -40,14 +43,16 @@ class MambaMixer(nn.Module):
         for param in (self.A_log, self.D):
             setattr(param, NO_WEIGHT_DECAY, True)
         self.out_proj = nn.Linear(d_inner, config.d_model, bias=config.bias)
+        # Identity when unused, so inference and the public checkpoints pay nothing for it.
+        self.mixer_dropout = nn.Dropout(config.mixer_dropout) if config.mixer_dropout > 0 else nn.Identity()
 
     @property
     def _conv_weight(self) -> torch.Tensor:
         return self.conv1d.weight[:, 0, :]  # [d_inner, d_conv]
 
-    def _split_projection(self, x_dbl: torch.Tensor):
+    def _split_projection(self, x_dbl: torch.Tensor, dim: int = -1):
         c = self.config
-        return torch.split(x_dbl, [c.dt_rank_value, c.d_state, c.d_state], dim=-1)
+        return torch.split(x_dbl, [c.dt_rank_value, c.d_state, c.d_state], dim=dim)
 
     def forward(self, hidden: torch.Tensor, cache: LayerCache | None = None, *, continuing: bool = False):
         """`hidden` `[B, L, D]` -> `[B, L, D]`.
@@ -55,8 +60,10 @@ class MambaMixer(nn.Module):
         With a `cache`, the final conv and SSM states are written into it (prefill); with `continuing`, the
         sequence starts from the states already in the cache (chunked prefill).
         """
-        xz = self.in_proj(hidden).transpose(1, 2)  # [B, 2 * d_inner, L]
-        x, z = xz.chunk(2, dim=1)
+        batch = hidden.shape[0]
+        # Channel-major sequences throughout: `(B, d_inner, L)` views of `[d_inner, B L]` matrices, time contiguous,
+        # which the kernels read fastest and keep for their outputs and gradients (see backbone/projections.py).
+        x, z = in_projection(hidden, self.in_proj.weight, self.in_proj.bias)  # [B, d_inner, L] each
         width = self.config.d_conv
         conv_initial = cache.conv_state[:, :, -(width - 1) :].to(x.dtype) if cache is not None and continuing else None
         conv = kernels.causal_conv1d(
@@ -68,14 +75,16 @@ class MambaMixer(nn.Module):
             cache.conv_state[:, :, -(width - 1) :].copy_(conv_final)
         else:
             x = conv
-        dt, B, C = self._split_projection(self.x_proj(x.transpose(1, 2)))  # [B, L, r], [B, L, N], [B, L, N]
-        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # [B, d_inner, L]
+        x = self.mixer_dropout(x)
+        x_dbl = self.x_proj.weight @ channel_major_matrix(x)  # [dt_rank + 2 N, B L]
+        dt, B, C = self._split_projection(x_dbl, dim=0)
+        delta = from_channel_major(self.dt_proj.weight @ dt, batch)  # [B, d_inner, L]
         scan = kernels.selective_scan(
             x,
             delta,
             -torch.exp(self.A_log.float()),
-            B.transpose(1, 2),
-            C.transpose(1, 2),
+            from_channel_major(B, batch),  # [B, N, L]
+            from_channel_major(C, batch),
             self.D.float(),
             z,
             self.dt_proj.bias.float(),
@@ -88,7 +97,7 @@ class MambaMixer(nn.Module):
             cache.ssm_state.copy_(last_state)
         else:
             y = scan
-        return self.out_proj(y.transpose(1, 2))
+        return out_projection(y, self.out_proj.weight, self.out_proj.bias)  # [B, L, D]
 
     @torch.no_grad()
     def step(self, hidden: torch.Tensor, cache: LayerCache) -> torch.Tensor:

@@ -62,19 +62,42 @@ def channel_last(t: torch.Tensor) -> bool:
     return t.stride(-1) != 1 and t.stride(-2) == 1
 
 
+def _dense_memory_order(t: torch.Tensor) -> list[int] | None:
+    """The dims of `t` from outermost to innermost in memory when `t` covers one dense block (any permutation of a
+    contiguous tensor, e.g. the mixer's channel-major `(batch, channels, seqlen)` views of a `[channels, batch *
+    seqlen]` matrix), else None."""
+    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+    expected = 1
+    for d in reversed(order):
+        if t.shape[d] != 1 and t.stride(d) != expected:
+            return None
+        expected *= t.shape[d]
+    return order
+
+
 def empty_sequence(
     like: torch.Tensor, *, dtype: torch.dtype | None = None, lead: tuple[int, ...] = (), poison: bool = True
 ) -> torch.Tensor:
     """An uninitialised `(*lead, *like.shape)` tensor for an output or gradient of the sequence `like`
-    `(batch, ..., seqlen)`: channel-last (`[*lead, batch, seqlen, ...]` memory, transposed) when `like` is, else
-    contiguous. NaN-filled when `poison` and `poisoning()`. The fake functions call it too (poison=False), so a
-    compiled graph sees the strides the kernels produce."""
+    `(batch, ..., seqlen)`, in `like`'s memory layout, so that a chain of kernels never transposes:
+
+    * channel-last (a transposed `[batch, seqlen, ...]` view, possibly a slice): `[*lead, batch, seqlen, ...]`
+      memory;
+    * any other dense layout (contiguous, or channel-major `[channels, batch * seqlen]` views): the same dim order;
+    * anything else: contiguous.
+
+    NaN-filled when `poison` and `poisoning()`. The fake functions call it too (poison=False), so a compiled graph
+    sees the strides the kernels produce."""
     shape = (*lead, *like.shape)
-    if channel_last(like):
-        k = len(lead)  # memory order: lead, batch, seqlen, the middle axes
+    k = len(lead)
+    order = None if channel_last(like) else _dense_memory_order(like)
+    if channel_last(like):  # memory order: lead, batch, seqlen, the middle axes
         middle = list(range(k + 2, len(shape)))
         out = like.new_empty(*shape[: k + 1], shape[-1], *shape[k + 1 : -1], dtype=dtype)
         out = out.permute(*range(k + 1), *middle, k + 1)
+    elif order is not None:
+        out = like.new_empty(*shape[:k], *(like.shape[d] for d in order), dtype=dtype)
+        out = out.permute(*range(k), *(k + order.index(d) for d in range(like.dim())))
     else:
         out = like.new_empty(shape, dtype=dtype)
     if poison and poisoning() and out.is_floating_point():

@@ -1,8 +1,8 @@
 """Memory layouts for kernel tests: the mixer's channel-last views, and a spy that records what a kernel launch reads.
 
-The Mamba mixer works in `[batch, seqlen, channels]` memory (the Linear layers' outputs) and hands the kernels
-transposed `(batch, channels, seqlen)` views; the kernels must read those without a copy and lay their outputs and
-gradients out the same way.
+A `[batch, seqlen, channels]` projection (an `nn.Linear` output) hands the kernels transposed `(batch, channels,
+seqlen)` views; the kernels must read those without a copy and lay their outputs and gradients out the same way. (The
+mixer itself now works channel-major, see backbone/projections.py; channel-last inputs stay supported for users.)
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def is_channel_last(t: torch.Tensor) -> bool:
 
 
 class LaunchSpy:
-    """Stands in for a `@triton.jit` kernel: `spy[grid](*args)` records the tensor arguments, then launches."""
+    """Stands in for a `@triton.jit` kernel: `spy[grid](*args, **kwargs)` records the tensor arguments (positional
+    and keyword), then launches."""
 
     def __init__(self, kernel) -> None:
         self.kernel = kernel
@@ -49,7 +50,7 @@ class LaunchSpy:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            self.launches.append([a for a in args if isinstance(a, torch.Tensor)])
+            self.launches.append([a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)])
             return self.kernel[grid](*args, **kwargs)
 
         return launch

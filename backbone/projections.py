@@ -1,0 +1,119 @@
+"""The mixer's input and output projections in channel-major memory, the layout the kernels read fastest.
+
+The scan keeps a short run of time steps of each channel inside one thread, so it reads best when each channel's
+steps are adjacent in memory ("time-major"). A plain `nn.Linear` over `[B, L, D]` gives the opposite,
+`[B, L, channels]` (channel-last), and a transpose to time-major costs a strided copy of every activation in the
+forward and again in the backward. So, as mamba-ssm does, the mixer keeps its sequences as `[channels, B * L]`
+matrices ("channel-major"):
+
+    x, z   = W_in[:d_inner] @ hidden^T, W_in[d_inner:] @ hidden^T      [d_inner, B L] each, from [B L, D]
+    out    = y^T @ W_out^T                                              [B L, D]   from y [d_inner, B L]
+
+Viewed as `(batch, channels, seqlen)` these have strides `(L, B L, 1)`: time is contiguous, which the kernels take
+as they are (their outputs and gradients keep the layout, see `kernels._triton_utils.empty_sequence`). The two
+autograd Functions below only exist so that the gradients also come out in the layout their consumer wants, with no
+copy: d hidden as a contiguous `[B, L, D]` (for the norm's backward kernel) and dy as a channel-major matrix (for the
+scan's backward kernel); autograd's own matmul backward would hand both over transposed.
+
+Mixed precision: the GEMMs run in the autocast dtype when autocast is on (like `F.linear` does), else in the
+activations' dtype; the weight gradients are returned in that dtype and autograd casts them to the weights' dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["channel_major_matrix", "from_channel_major", "in_projection", "out_projection"]
+
+
+def channel_major_matrix(seq: torch.Tensor) -> torch.Tensor:
+    """`(batch, channels, seqlen)` -> `[channels, batch * seqlen]`; a view when `seq` is channel-major memory (the
+    projections' outputs and the kernels' outputs for channel-major inputs), else a copy."""
+    return seq.transpose(0, 1).reshape(seq.shape[1], -1)
+
+
+def from_channel_major(matrix: torch.Tensor, batch: int) -> torch.Tensor:
+    """`[channels, batch * seqlen]` (rows may be a slice of a taller matrix) -> `(batch, channels, seqlen)` view."""
+    return matrix.unflatten(1, (batch, -1)).transpose(0, 1)
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    device_type = t.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return t.dtype
+
+
+class _InProjection(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        batch, seqlen, d_model = hidden.shape
+        d_inner = weight.shape[0] // 2
+        dtype = _compute_dtype(hidden)
+        rows = hidden.reshape(batch * seqlen, d_model).to(dtype)  # [B L, D]
+        w = weight.to(dtype)
+        with torch.autocast(hidden.device.type, enabled=False):
+            x = w[:d_inner] @ rows.t()  # [d_inner, B L]; cuBLAS reads rows^T in place
+            z = w[d_inner:] @ rows.t()
+            if bias is not None:
+                b = bias.to(dtype)
+                x += b[:d_inner, None]
+                z += b[d_inner:, None]
+        ctx.save_for_backward(rows, w)
+        ctx.shape, ctx.has_bias = (batch, seqlen, d_model), bias is not None
+        return from_channel_major(x, batch), from_channel_major(z, batch)
+
+    @staticmethod
+    def backward(ctx, dx: torch.Tensor, dz: torch.Tensor):
+        rows, w = ctx.saved_tensors
+        batch, seqlen, d_model = ctx.shape
+        d_inner = w.shape[0] // 2
+        dx, dz = (channel_major_matrix(g).to(w.dtype) for g in (dx, dz))  # [d_inner, B L]
+        with torch.autocast(rows.device.type, enabled=False):
+            dhidden = dx.t() @ w[:d_inner]  # [B L, D], contiguous
+            dhidden.addmm_(dz.t(), w[d_inner:])
+            dweight = torch.cat([dx @ rows, dz @ rows])  # [2 d_inner, D]
+            dbias = torch.cat([dx.sum(1), dz.sum(1)]) if ctx.has_bias else None
+        return dhidden.view(batch, seqlen, d_model), dweight, dbias
+
+
+class _OutProjection(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        batch, _, seqlen = y.shape
+        dtype = _compute_dtype(y)
+        y_rows = channel_major_matrix(y).to(dtype)  # [d_inner, B L]
+        w = weight.to(dtype)
+        with torch.autocast(y.device.type, enabled=False):
+            out = y_rows.t() @ w.t()  # [B L, D]
+            if bias is not None:
+                out += bias.to(dtype)
+        ctx.save_for_backward(y_rows, w)
+        ctx.batch, ctx.has_bias = batch, bias is not None
+        return out.view(batch, seqlen, -1)
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        y_rows, w = ctx.saved_tensors
+        dout = dout.reshape(-1, dout.shape[-1]).to(w.dtype)  # [B L, D]
+        with torch.autocast(y_rows.device.type, enabled=False):
+            dy = w.t() @ dout.t()  # [d_inner, B L]: channel-major, as the scan's backward reads it
+            dweight = dout.t() @ y_rows.t()  # [D, d_inner]
+            dbias = dout.sum(0) if ctx.has_bias else None
+        return from_channel_major(dy, ctx.batch), dweight, dbias
+
+
+def in_projection(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """`hidden` `[B, L, D]`, `weight` `[2 d_inner, D]` -> `(x, z)`, each `(B, d_inner, L)` in channel-major memory.
+
+    Equals `F.linear(hidden, weight, bias).transpose(1, 2).chunk(2, dim=1)`.
+    """
+    return _InProjection.apply(hidden, weight, bias)
+
+
+def out_projection(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`y` `(B, d_inner, L)` (channel-major memory avoids a copy), `weight` `[D, d_inner]` -> `[B, L, D]`.
+
+    Equals `F.linear(y.transpose(1, 2), weight, bias)`.
+    """
+    return _OutProjection.apply(y, weight, bias)

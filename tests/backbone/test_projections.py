@@ -1,0 +1,107 @@
+"""The channel-major projections and the mixer built on them equal the plain `nn.Linear` formulation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+from backbone import MambaConfig
+from backbone.mixer import MambaMixer
+from backbone.projections import channel_major_matrix, in_projection, out_projection
+
+
+def grads(outputs, inputs):
+    # The same weights for outputs of equal shape whatever their strides (randn_like would follow the memory order).
+    weights = [torch.randn(o.shape, generator=torch.Generator().manual_seed(i)) for i, o in enumerate(outputs)]
+    loss = sum((o * w).sum() for o, w in zip(outputs, weights))
+    return torch.autograd.grad(loss, inputs, retain_graph=True)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_in_projection_equals_linear_and_is_channel_major(bias):
+    batch, seqlen, d_model, d_inner = 3, 7, 5, 6
+    hidden = torch.randn(batch, seqlen, d_model, requires_grad=True)
+    weight = torch.randn(2 * d_inner, d_model, requires_grad=True)
+    b = torch.randn(2 * d_inner, requires_grad=True) if bias else None
+    inputs = [t for t in (hidden, weight, b) if t is not None]
+    x, z = in_projection(hidden, weight, b)
+    ref_x, ref_z = F.linear(hidden, weight, b).transpose(1, 2).chunk(2, dim=1)
+    torch.testing.assert_close(x, ref_x)
+    torch.testing.assert_close(z, ref_z)
+    assert x.stride() == (seqlen, batch * seqlen, 1), "x must be a view of a [d_inner, B L] matrix"
+    for got, want in zip(grads((x, z), inputs), grads((ref_x, ref_z), inputs)):
+        torch.testing.assert_close(got, want)
+    dhidden = grads((x, z), [hidden])[0]
+    assert dhidden.is_contiguous(), "the norm's backward wants a contiguous [B, L, D] gradient"
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_out_projection_equals_linear_with_a_channel_major_gradient(bias):
+    batch, seqlen, d_model, d_inner = 2, 9, 5, 6
+    y_rows = torch.randn(d_inner, batch * seqlen)
+    y = y_rows.unflatten(1, (batch, seqlen)).transpose(0, 1).requires_grad_()  # channel-major (B, d_inner, L)
+    weight = torch.randn(d_model, d_inner, requires_grad=True)
+    b = torch.randn(d_model, requires_grad=True) if bias else None
+    inputs = [t for t in (y, weight, b) if t is not None]
+    out = out_projection(y, weight, b)
+    ref = F.linear(y.transpose(1, 2), weight, b)
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(grads((out,), inputs), grads((ref,), inputs)):
+        torch.testing.assert_close(got, want)
+    dy = grads((out,), [y])[0]
+    assert channel_major_matrix(dy).data_ptr() == dy.data_ptr() and dy.stride() == y.stride()
+
+
+def test_projections_follow_autocast_like_linear():
+    hidden = torch.randn(2, 4, 8)
+    w_in, w_out = torch.randn(12, 8), torch.randn(8, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x, z = in_projection(hidden, w_in)
+        out = out_projection(x, w_out)
+        ref_x = F.linear(hidden, w_in).transpose(1, 2)[:, :6]
+        ref_out = F.linear(ref_x.transpose(1, 2), w_out)
+    assert x.dtype == z.dtype == out.dtype == torch.bfloat16
+    torch.testing.assert_close(x, ref_x)
+    torch.testing.assert_close(out, ref_out)
+
+
+def linear_mixer_forward(mixer: MambaMixer, hidden: torch.Tensor) -> torch.Tensor:
+    """The mixer written with plain `nn.Linear` calls on `[B, L, channels]` activations: the specification."""
+    c = mixer.config
+    x, z = mixer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
+    x = kernels.causal_conv1d(x, mixer._conv_weight, mixer.conv1d.bias, activation="silu")
+    dt, B, C = torch.split(mixer.x_proj(x.transpose(1, 2)), [c.dt_rank_value, c.d_state, c.d_state], dim=-1)
+    delta = F.linear(dt, mixer.dt_proj.weight).transpose(1, 2)
+    y = kernels.selective_scan(
+        x, delta, -torch.exp(mixer.A_log.float()), B.transpose(1, 2), C.transpose(1, 2), mixer.D.float(), z,
+        mixer.dt_proj.bias.float(), delta_softplus=True,
+    )  # fmt: skip
+    return mixer.out_proj(y.transpose(1, 2))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_mixer_equals_the_linear_formulation(bias):
+    torch.manual_seed(0)
+    mixer = MambaMixer(MambaConfig(d_model=8, n_layer=1, d_state=4, bias=bias))
+    hidden = torch.randn(2, 11, 8, requires_grad=True)
+    inputs = [hidden, *mixer.parameters()]
+    out, ref = mixer(hidden), linear_mixer_forward(mixer, hidden)
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(grads((out,), inputs), grads((ref,), inputs)):
+        torch.testing.assert_close(got, want)
+
+
+def test_mixer_dropout_is_active_in_training_only():
+    torch.manual_seed(0)
+    mixer = MambaMixer(MambaConfig(d_model=8, n_layer=1, d_state=4, mixer_dropout=0.5))
+    hidden = torch.randn(2, 11, 8)
+    with torch.no_grad():
+        train_a, train_b = mixer(hidden), mixer(hidden)
+        mixer.eval()
+        evaluated = mixer(hidden)
+    assert not torch.allclose(train_a, train_b), "two training passes drew the same dropout mask"
+    torch.testing.assert_close(evaluated, linear_mixer_forward(mixer, hidden))
+    with pytest.raises(ValueError, match="mixer_dropout"):
+        MambaConfig(mixer_dropout=1.0)
