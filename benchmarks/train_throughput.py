@@ -1,6 +1,8 @@
 """Training-step throughput of Mamba language models: tokens/s, ms/step and peak memory.
 
-A full step: forward, cross-entropy, backward, fused AdamW; bf16 autocast over fp32 weights; vocab 50277.
+A full step: forward, cross-entropy, backward, fused AdamW; bf16 autocast over fp32 weights; vocab 50277. The loss is
+computed as mamba-ssm's anchor does (full logits, then cross-entropy) and, in a second row, with our fused LM head +
+cross-entropy (`MambaLM.token_nll`, no logits stored).
 Shapes from PERFORMANCE.md: 130M (d_model 768, 24 layers) and 370M (1024, 48) at batch 8 x 2048. In the same run,
 the same 130M model on our PyTorch reference kernels (at the batch that fits), and `torch.compile` of it.
 
@@ -36,7 +38,7 @@ def build(size: str) -> MambaLM:
     return MambaLM(MambaLMConfig(MambaConfig(d_model=d_model, n_layer=n_layer), vocab_size=50277)).cuda()
 
 
-def time_steps(model, batch, seqlen, *, steps, warmup, backend, compiled=False):
+def time_steps(model, batch, seqlen, *, steps, warmup, backend, compiled=False, fused_loss=False):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     step_model = torch.compile(model) if compiled else model
     ids = torch.randint(0, 50277, (batch, seqlen + 1), device="cuda")
@@ -44,8 +46,12 @@ def time_steps(model, batch, seqlen, *, steps, warmup, backend, compiled=False):
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = step_model(ids[:, :-1])
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+            if fused_loss:  # LM head + cross-entropy in chunks, no [B, L, V] logits kept (tasks/lm_loss.py)
+                nats, count = step_model.token_nll(ids[:, :-1], ids[:, 1:])
+                loss = nats / count
+            else:  # as mamba-ssm's anchor: full logits, then cross-entropy in fp32
+                logits = step_model(ids[:, :-1])
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -74,31 +80,35 @@ def main(argv=None) -> None:
     parser.add_argument("--with-compile", action="store_true", help="also time torch.compile of the reference path")
     args = parser.parse_args(argv)
     steps, warmup = (3, 2) if args.quick else (10, 3)
-    plan = [
-        ("130M", 8, 2048, "triton", False),
-        ("370M", 8, 2048, "triton", False),
-        ("130M", 1, 2048, "triton", False),
-        ("130M", 1, 2048, "reference", False),
+    plan = [  # size, batch, seqlen, kernels, torch.compile, fused LM head + cross-entropy
+        ("130M", 8, 2048, "triton", False, False),
+        ("130M", 8, 2048, "triton", False, True),
+        ("370M", 8, 2048, "triton", False, False),
+        ("370M", 8, 2048, "triton", False, True),
+        ("130M", 1, 2048, "triton", False, False),
+        ("130M", 1, 2048, "reference", False, False),
     ]
     if args.with_compile:  # compiling 24 layers of the unrolled reference scan takes minutes
-        plan.append(("130M", 1, 2048, "reference", True))
+        plan.append(("130M", 1, 2048, "reference", True, False))
     rows = []
-    for size, batch, seqlen, backend, compiled in plan:
+    for size, batch, seqlen, backend, compiled, fused_loss in plan:
         torch.manual_seed(0)
         model = build(size)
         label = backend + (" + torch.compile" if compiled else "")
+        loss_label = "fused head + CE" if fused_loss else "logits + CE"
         try:
-            ms, peak = time_steps(model, batch, seqlen, steps=steps, warmup=warmup, backend=backend, compiled=compiled)
+            ms, peak = time_steps(model, batch, seqlen, steps=steps, warmup=warmup, backend=backend, compiled=compiled,
+                                  fused_loss=fused_loss)  # fmt: skip
         except (RuntimeError, torch.OutOfMemoryError) as err:  # report, keep measuring the other rows
-            rows.append({"model": size, "batch x seqlen": f"{batch} x {seqlen}", "kernels": label,
+            rows.append({"model": size, "batch x seqlen": f"{batch} x {seqlen}", "kernels": label, "loss": loss_label,
                          "error": str(err).splitlines()[0][:120]})  # fmt: skip
             continue
         finally:
             del model
             torch.cuda.empty_cache()
         tokens_per_s = batch * seqlen / (ms / 1000)
-        row = {"model": size, "batch x seqlen": f"{batch} x {seqlen}", "kernels": label, "ms/step": ms,
-               "tokens/s": tokens_per_s, "peak GiB": peak}  # fmt: skip
+        row = {"model": size, "batch x seqlen": f"{batch} x {seqlen}", "kernels": label, "loss": loss_label,
+               "ms/step": ms, "tokens/s": tokens_per_s, "peak GiB": peak}  # fmt: skip
         anchor = ANCHORS.get((size, batch, seqlen))
         if anchor and backend == "triton":
             row["anchor tokens/s"] = anchor[0]
@@ -106,7 +116,7 @@ def main(argv=None) -> None:
             row["anchor GiB"] = anchor[1]
         rows.append(row)
         print(row, flush=True)  # noqa: T201
-    columns = ["model", "batch x seqlen", "kernels", "ms/step", "tokens/s", "peak GiB", "anchor tokens/s",
+    columns = ["model", "batch x seqlen", "kernels", "loss", "ms/step", "tokens/s", "peak GiB", "anchor tokens/s",
                "vs anchor", "anchor GiB", "error"]  # fmt: skip
     write_results("train_throughput", environment(), rows, columns)
 

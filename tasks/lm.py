@@ -13,6 +13,7 @@ from backbone import MambaBackbone, MambaCache, MambaConfig
 from backbone.checkpoints import load_checked, parse_config, read_config, read_weights, to_our_keys
 from backbone.init import init_embedding_
 from tasks.heads import LMHead
+from tasks.lm_loss import linear_token_nll
 
 
 @dataclass
@@ -59,6 +60,13 @@ class MambaLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: MambaCache | None = None) -> torch.Tensor:
         return self.lm_head(self.hidden_states(input_ids, cache))
+
+    def token_nll(
+        self, input_ids: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[B, L]` ids and next-token targets -> (summed NLL fp32, count of scored targets), with the LM head fused
+        into the cross-entropy so the `[B, L, V]` logits are never stored (`tasks/lm_loss.py`)."""
+        return linear_token_nll(self.hidden_states(input_ids), self.lm_head.weight, targets, ignore_index=ignore_index)
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, cache: MambaCache) -> torch.Tensor:

@@ -55,4 +55,4 @@ def test_mixer_kernels_see_channel_major_sequences_and_match_the_reference(monke
     sequences = [t for s in spies for t in s.launches[0] if t.dim() == 3 and t.shape[-1] == seqlen]
     assert len(sequences) >= 14, "conv x/out/dout/dx, scan u/delta/B/C/z/out, their gradients"
     for t in sequences:
-        assert t.stride() == (seqlen, batch * seqlen, 1), f"a kernel got a {tuple(t.shape)} sequence of strides {t.stride()}"
+        assert t.stride() == (seqlen, batch * seqlen, 1), f"a kernel got {tuple(t.shape)} of strides {t.stride()}"
