@@ -68,9 +68,9 @@ def test_conv_all_options(width, seqlen, dtype):
 
 @pytest.fixture
 def conv_spies(monkeypatch):
-    fwd, bwd = LaunchSpy(conv._causal_conv1d_fwd_kernel), LaunchSpy(conv._causal_conv1d_bwd_kernel)
+    fwd, bwd = LaunchSpy(conv._causal_conv1d_fwd_kernel), LaunchSpy(conv._causal_conv1d_bwd_dpre_kernel)
     monkeypatch.setattr(conv, "_causal_conv1d_fwd_kernel", fwd)
-    monkeypatch.setattr(conv, "_causal_conv1d_bwd_kernel", bwd)
+    monkeypatch.setattr(conv, "_causal_conv1d_bwd_dpre_kernel", bwd)  # the backward pass that reads x
     return fwd, bwd
 
 
