@@ -118,3 +118,21 @@ def test_bad_hidden_shape_names_the_expected_layout():
 def test_bad_config_names_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
         small_config(**overrides)
+
+
+def test_decode_constants_follow_parameter_updates():
+    # The mixer keeps -exp(A_log), D and the dt bias for decoding; changing a parameter in place must refresh them.
+    model = MambaBackbone(small_config()).eval()
+    hidden = torch.randn(2, 6, 32)
+    with torch.no_grad():
+        cache = model.allocate_cache(batch=2)
+        first = [model.step(hidden[:, t], cache) for t in range(6)]
+        for layer in model.layers:
+            layer.mixer.A_log.mul_(0.5)
+            layer.mixer.D.add_(1.0)
+            layer.mixer.dt_proj.bias.sub_(0.3)
+        full = model(hidden)
+        cache = model.allocate_cache(batch=2)
+        stepped = torch.stack([model.step(hidden[:, t], cache) for t in range(6)], dim=1)
+    torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(torch.stack(first, dim=1), stepped)
