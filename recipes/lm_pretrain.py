@@ -99,6 +99,7 @@ class ModelConfig:
     d_conv: int = 4
     expand: int = 2
     dropout: float = 0.0  # on the embeddings, each block's mixer output and the final hidden states
+    mixer_dropout: float = 0.0  # inside each mixer, on the convolution's output (the SSM's input)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -31,6 +32,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from pytorch_lightning.callbacks import WeightAveraging
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from tasks.distributed import ModelOrderOptimizerState, PerRankSeed, Throughput, build_strategy
 
@@ -45,7 +48,9 @@ class ConfigError(ValueError):
 @dataclass
 class TrainerConfig:
     """The subset of `pl.Trainer` arguments a recipe exposes (names and meanings are Lightning's), plus
-    `throughput_warmup_steps`: the optimizer steps before the throughput/memory measurement starts."""
+    `throughput_warmup_steps`: the optimizer steps before the throughput/memory measurement starts, and
+    `ema_decay`: keep an exponential moving average of the weights (`WeightEMA`, None: off); validation, the
+    checkpoints' `state_dict` and everything after `fit` then use the averaged weights."""
 
     max_steps: int = 1000
     max_epochs: int | None = None
@@ -65,6 +70,7 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     deterministic: bool = False
     throughput_warmup_steps: int = 10
+    ema_decay: float | None = None
 
 
 USAGE = """usage: python -m recipes.{job} [--config NAME_OR_PATH] [key=value ...]
@@ -292,13 +298,121 @@ def build_trainer(
         Throughput(trainer_cfg.throughput_warmup_steps, tokens_key),
         *extra_callbacks,
     ]  # fmt: skip
+    if trainer_cfg.ema_decay is not None:
+        if not 0.0 < trainer_cfg.ema_decay < 1.0:
+            raise ConfigError(f"trainer.ema_decay must be in (0, 1) (or null: off), got {trainer_cfg.ema_decay}")
+        if str(trainer_cfg.strategy).startswith(SHARDED_STRATEGY_NAMES):
+            raise ConfigError(WeightEMA.sharded_error(trainer_cfg.strategy))
+        callbacks.append(WeightEMA(trainer_cfg.ema_decay))
     if trainer_cfg.enable_progress_bar:
         callbacks.append(RichProgressBar())
     # None is meaningful to Lightning here (e.g. check_val_every_n_epoch=None validates across epoch boundaries).
     kwargs = dict(vars(trainer_cfg))
-    del kwargs["throughput_warmup_steps"]
+    del kwargs["throughput_warmup_steps"], kwargs["ema_decay"]
     kwargs["strategy"] = build_strategy(trainer_cfg.strategy)
     return pl.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks, **kwargs)
+
+
+SHARDED_STRATEGY_NAMES = ("fsdp", "deepspeed", "model_parallel")
+
+
+class _AveragedModel(AveragedModel):
+    """`AveragedModel` (parameters and buffers) that keeps its update count on the CPU, so an update only queues
+    device work: the parent reads the count back from the device and copies it there at every update, each a wait
+    for the GPU. Same arithmetic: the first update copies, later ones call `multi_avg_fn` per device and dtype."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device | None, multi_avg_fn: Callable) -> None:
+        super().__init__(model, device=device, multi_avg_fn=multi_avg_fn, use_buffers=True)
+        self.n_averaged = self.n_averaged.cpu()
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        groups: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        mine = itertools.chain(self.module.parameters(), self.module.buffers())
+        theirs = itertools.chain(model.parameters(), model.buffers())
+        for averaged, current in zip(mine, theirs, strict=True):
+            group = groups.setdefault((averaged.device, averaged.dtype), ([], []))
+            group[0].append(averaged.detach())
+            group[1].append(current.detach().to(averaged.device))
+        first = int(self.n_averaged) == 0
+        for averaged, current in groups.values():
+            if first:
+                for a, c in zip(averaged, current):
+                    a.copy_(c)
+            else:
+                self.multi_avg_fn(averaged, current, self.n_averaged)
+        self.n_averaged += 1
+
+
+class WeightEMA(WeightAveraging):
+    """Exponential moving average of the weights, on Lightning's `WeightAveraging` (`trainer.ema_decay`).
+
+    After optimizer step t (1, 2, ...) the average moves toward the weights: `avg = d_t * avg + (1 - d_t) * w` with
+    `d_t = min(decay, (1 + t) / (10 + t))` (TensorFlow's `ExponentialMovingAverage` with `num_updates`): early on the
+    average spans about the last t/9 steps instead of keeping the initialization for ~1/(1 - decay) steps, so a short
+    run's average is not mostly its first, untrained weights. The decay follows `global_step`, so a resumed run
+    continues the same sequence.
+
+    What `WeightAveraging` does with it: each validation during `fit` runs on the averaged weights (swapped in and out
+    again); every checkpoint's `state_dict` holds the averaged weights (the raw ones go to `current_model_state`, the
+    average's step count to `averaging_state`), so the best checkpoint by a validation metric is the average that
+    scored it, and `ckpt_path=...` resumes both; when `fit` ends the module holds the averaged weights.
+
+    Added here: when `fit` ends the average is dropped (`teardown`), so a later `trainer.validate/test(ckpt_path=...)`
+    scores, and leaves in the module, the checkpoint's `state_dict` as it is (the parent would swap in its own
+    last average, and, loading the checkpoint, put its raw weights back in the module). The update count stays on
+    the CPU (`_AveragedModel`), so an update adds no host-device synchronization. Sharded strategies (FSDP,
+    DeepSpeed, model parallel) are refused: `WeightAveraging` pairs the module's parameters one to one with a full
+    copy, which sharded (flattened) parameters break. DDP works: every rank holds the same average of the same
+    (synchronized) weights.
+    """
+
+    def __init__(self, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"WeightEMA: decay must be in (0, 1), got {decay}")
+        super().__init__(use_buffers=True, multi_avg_fn=self._ema_update)
+        self.decay = decay
+        self._decay_now = decay
+
+    @staticmethod
+    def sharded_error(strategy: Any) -> str:
+        return (
+            f"trainer.ema_decay (weight EMA) does not support the sharded strategy {strategy!r}: Lightning's "
+            "WeightAveraging needs whole parameters; use trainer.strategy=ddp or set trainer.ema_decay=null"
+        )
+
+    def decay_at(self, step: int) -> float:
+        """`d_t` after optimizer step `step` (1-based)."""
+        return min(self.decay, (1 + step) / (10 + step))
+
+    def _ema_update(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _n_averaged) -> None:
+        get_ema_multi_avg_fn(self._decay_now)(averaged, current, _n_averaged)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """As `WeightAveraging.setup` (a copy of the module when `fit` starts), with `_AveragedModel`."""
+        from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+        from pytorch_lightning.utilities.model_helpers import is_overridden
+
+        if stage != "fit":
+            return
+        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+            raise ValueError(self.sharded_error(type(trainer.strategy).__name__))
+        if is_overridden("configure_model", pl_module):
+            pl_module.configure_model()  # the layers must exist before they are copied
+        # `pl_module.device` is already the strategy's root device here (Lightning sets it before the setup hooks).
+        self._average_model = _AveragedModel(pl_module, self._device or pl_module.device, self._ema_update)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._decay_now = self.decay_at(trainer.global_step)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._average_model = None
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if self._average_model is not None:  # fitting (resume); otherwise `state_dict` is already the average
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
 class TimeBudget(pl.Callback):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from recipes import lm_pretrain
 from tasks.language.tokenizer import TextTokenizer
@@ -56,3 +57,21 @@ def test_validation_interval_longer_than_an_epoch(tmp_path, data_dir):
     ])  # fmt: skip
     assert metrics["steps"] == 12 and "val/bits_per_char" in metrics
     assert "val/loss" in (tmp_path / "run" / "metrics.csv").read_text()
+
+
+def test_ema_exports_the_averaged_weights_and_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--config", "tiny", f"run_dir={run_dir}", "trainer.ema_decay=0.5"]
+    metrics = lm_pretrain.main(args)
+    best = torch.load(metrics["best_checkpoint"], weights_only=False)
+    averaged = {k.removeprefix("model."): v for k, v in best["state_dict"].items() if k.startswith("model.")}
+    raw = {k.removeprefix("model."): v for k, v in best["current_model_state"].items() if k.startswith("model.")}
+    exported = MambaLM.from_pretrained(run_dir / "model").state_dict()
+    assert exported.keys() == averaged.keys() == raw.keys()
+    assert all(torch.equal(exported[k], averaged[k]) for k in exported)
+    assert not all(torch.equal(exported[k], raw[k]) for k in exported)  # the average, not the raw weights
+
+    resumed = lm_pretrain.main([*args, "ckpt_path=last", "trainer.max_steps=8"])
+    assert resumed["steps"] == 8
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert int(last["averaging_state"]["n_averaged"]) == 8  # 6 updates restored, 2 more

@@ -1,5 +1,6 @@
 """A real 2-process DDP run (gloo, CPU) of lm_pretrain: one run directory, written once, and validation metrics that
-score every window exactly once, as one process scoring the exported weights does."""
+score every window exactly once, as one process scoring the exported weights does (also with weight EMA on, whose
+averaged weights must be what was validated and exported)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs the gloo backend")
-def test_two_process_validation_scores_every_window_once(tmp_path, data_dir):
+@pytest.mark.parametrize("extra", [[], ["trainer.ema_decay=0.5"]], ids=["plain", "ema"])
+def test_two_process_validation_scores_every_window_once(tmp_path, data_dir, extra):
     corpus = tmp_path / "small.txt"  # its last 10% gives 9 validation windows: 2 ranks need one blank
     corpus.write_text((data_dir / "text" / "tinyshakespeare.txt").read_text()[:4000])
     run_dir = tmp_path / "ddp"
@@ -30,7 +32,7 @@ def test_two_process_validation_scores_every_window_once(tmp_path, data_dir):
         *(sys.executable, "-m", "recipes.lm_pretrain", "--config", "tiny", f"run_dir={run_dir}"),
         *(f"data.files=[{corpus}]", "data.eval_batch_size=2", "trainer.accelerator=cpu", "trainer.devices=2"),
         *("trainer.strategy=ddp", "trainer.max_steps=4", "trainer.val_check_interval=4"),
-        *("trainer.limit_val_batches=1.0", "trainer.throughput_warmup_steps=2"),
+        *("trainer.limit_val_batches=1.0", "trainer.throughput_warmup_steps=2", *extra),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MAMBALAB_CACHE": str(tmp_path / "cache")}
     env.pop("MAMBALAB_RUN_DIR", None)
