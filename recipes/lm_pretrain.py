@@ -36,6 +36,7 @@ from backbone.init import optimizer_groups
 from tasks.data_sources import cache_root, resolve
 from tasks.distributed import throughput_metrics, unsharded_state_dict
 from tasks.language.data import (
+    IGNORE_INDEX,
     NAMED_TEXT,
     NAMED_TOKENIZERS,
     TextDataModule,
@@ -47,6 +48,7 @@ from tasks.language.data import (
 from tasks.language.metrics import LanguageModelMetrics, bits_per_char, streamed_nll, token_nll
 from tasks.language.tokenizer import TextTokenizer
 from tasks.lm import MambaLM, MambaLMConfig
+from tasks.lm_loss import linear_token_nll
 from tasks.runs import (
     TimeBudget,
     TrainerConfig,
@@ -60,6 +62,10 @@ from tasks.runs import (
 
 log = logging.getLogger("recipes.lm_pretrain")
 JOB = "lm_pretrain"
+# From this vocabulary size on, training fuses the LM head into the cross-entropy (tasks/lm_loss.py): the logits of a
+# 50k vocabulary are the largest activation of a 130M model, while a byte vocabulary's are small and the plain path
+# (one matmul, one cross-entropy) is simpler.
+FUSED_HEAD_MIN_VOCAB = 4096
 CONFIG_DIR = Path(__file__).resolve().parent / "configs" / JOB
 
 
@@ -138,13 +144,22 @@ class LMPretrainModule(pl.LightningModule):
         self.eval_metrics = nn.ModuleList(LanguageModelMetrics(tpc) for tpc in evals.values())
         self.total_steps = max_steps  # the LR schedule's length; the time-budget callback may shorten it
 
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """`[B, L]` -> `[B, L, D]`: the backbone with dropout around (and inside) it, before the LM head."""
+        return self.dropout(self.model.backbone(self.dropout(self.model.embedding(input_ids))))
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """`[B, L]` -> logits `[B, L, V]`; `MambaLM.forward` with dropout around (and inside) the backbone."""
-        hidden = self.model.backbone(self.dropout(self.model.embedding(input_ids)))
-        return self.model.lm_head(self.dropout(hidden))
+        """`[B, L]` -> logits `[B, L, V]`; `MambaLM.forward` with dropout."""
+        return self.model.lm_head(self.hidden_states(input_ids))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        nats, count = token_nll(self(batch["input_ids"]), batch["targets"])
+        if self.model.config.padded_vocab_size >= FUSED_HEAD_MIN_VOCAB:  # logits [B, L, V] would dominate memory
+            hidden = self.hidden_states(batch["input_ids"])
+            nats, count = linear_token_nll(
+                hidden, self.model.lm_head.weight, batch["targets"], ignore_index=IGNORE_INDEX
+            )
+        else:
+            nats, count = token_nll(self(batch["input_ids"]), batch["targets"])
         loss = nats / count.clamp(min=1)
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss under DDP
         return loss

@@ -75,3 +75,26 @@ def test_ema_exports_the_averaged_weights_and_resumes(tmp_path):
     assert resumed["steps"] == 8
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert int(last["averaging_state"]["n_averaged"]) == 8  # 6 updates restored, 2 more
+
+
+def test_large_vocabulary_trains_through_the_fused_head(monkeypatch):
+    # From FUSED_HEAD_MIN_VOCAB on, training_step scores hidden states with the fused head + cross-entropy: the same
+    # loss and gradients as logits + cross-entropy.
+    import torch
+
+    from recipes import lm_pretrain
+
+    torch.manual_seed(0)
+    model_cfg = {"d_model": 32, "n_layer": 2, "d_state": 8, "dropout": 0.0}
+    module = lm_pretrain.LMPretrainModule(model_cfg, {}, vocab_size=5000, evals={"val": 1.0}, max_steps=1)
+    batch = {"input_ids": torch.randint(0, 5000, (2, 16)), "targets": torch.randint(0, 5000, (2, 16))}
+    batch["targets"][0, :4] = -100
+    losses, grads = [], []
+    for threshold in (4096, 10**9):  # fused, then plain
+        monkeypatch.setattr(lm_pretrain, "FUSED_HEAD_MIN_VOCAB", threshold)
+        loss = module.training_step(batch, 0)
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, list(module.parameters())))
+    torch.testing.assert_close(losses[0], losses[1])
+    for fused, plain in zip(*grads):
+        torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-6)
