@@ -3,6 +3,7 @@
     python benchmarks/kernels.py                 # everything; writes benchmarks/results/kernels_<gpu>.{json,md}
     python benchmarks/kernels.py --sweep         # also sweep the selective scan's block shapes first
     python benchmarks/kernels.py --quick         # skip the slow reference / torch.compile timings
+    python benchmarks/kernels.py --sweep-segments --only scan   # segment lengths / block shapes of the long scans
 
 Inputs as in the anchors of /work/shared/PERFORMANCE.md: bf16 u/delta/z/B/C, fp32 A/D/delta_bias, delta_softplus,
 z gating, input-dependent B/C `(batch, dstate, seqlen)`. Every op is checked against an fp32 reference on the same
@@ -166,15 +167,36 @@ def scan_check(inputs, channels=None, grads=True):
     return errs
 
 
+def segment_note(shape) -> str:
+    """How the scan splits this shape's time axis (empty for a single segment), e.g. 'segments fwd 32 x 2048'."""
+    batch, dim, seqlen, dstate = shape
+    parts = []
+    for kind in ("fwd", "bwd"):
+        cfg = scan._config(kind, dstate)
+        block_d, seg_len, n_segments = scan._plan(
+            kind, cfg["BLOCK_D"], scan._config("bwd", dstate)["BLOCK_L"], batch, dim, seqlen, 1, torch.device("cuda")
+        )
+        if n_segments > 1:
+            parts.append(f"{kind} {n_segments} x {seg_len} (BLOCK_D {block_d})")
+    return "segments " + ", ".join(parts) if parts else ""
+
+
 def bench_scan(
-    shape, *, fwd_bwd=True, check_grads=False, check_channels=None, compare_reductions=False, channel_last=False
+    shape,
+    *,
+    fwd_bwd=True,
+    check_grads=False,
+    check_channels=None,
+    compare_reductions=False,
+    channel_last=False,
+    compare_single_segment=False,
 ):
     batch, dim, seqlen, dstate = shape
     inputs = scan_inputs(*shape, channel_last=channel_last)
     impl = "triton channel-last" if channel_last else "triton"
     errs = scan_check(inputs, channels=check_channels, grads=check_grads)
     worst = max(errs.values())
-    note = "" if check_channels is None else f"checked on {check_channels} channels"
+    note = "; ".join(n for n in (segment_note(shape), check_channels and f"checked on {check_channels} channels") if n)
     if check_grads:
         print("   grad rel errs: " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
     moved_fwd = nbytes(*inputs.values()) + nbytes(inputs["u"])
@@ -191,10 +213,22 @@ def bench_scan(
 
         moved = moved_fwd + nbytes(*inputs.values()) + nbytes(dout) + nbytes(*inputs.values())
         record("scan fwd+bwd", shape, impl, bench(step), moved, worst, note, graph_us=bench_graph(step))
-        if compare_reductions:
-            scan.DBC_REDUCTION = "atomics"
-            record("scan fwd+bwd", shape, "triton dB/dC atomics", bench(step), moved, note="dB/dC by fp32 atomics")
-            scan.DBC_REDUCTION = "partials"
+        if compare_reductions:  # the other dB/dC reduction than the default, then back to the default
+            default = scan.DBC_REDUCTION
+            scan.DBC_REDUCTION = other = "partials" if default == "atomics" else "atomics"
+            record("scan fwd+bwd", shape, f"triton dB/dC {other}", bench(step), moved, note=f"dB/dC by {other}")
+            scan.DBC_REDUCTION = default
+    if compare_single_segment:  # the same shape forced onto the single-segment grid (the path before v6)
+        saved = dict(scan.SEGMENT_LEN)
+        scan.SEGMENT_LEN.update(fwd=1 << 40, bwd=1 << 40)
+        try:
+            with torch.no_grad():
+                us = bench(lambda: scan.selective_scan(**inputs, delta_softplus=True))
+            record("scan fwd", shape, "triton 1 segment", us, moved_fwd, note="forced single segment (v5 grid)")
+            if fwd_bwd:
+                record("scan fwd+bwd", shape, "triton 1 segment", bench(step), moved, note="forced single segment")
+        finally:
+            scan.SEGMENT_LEN.update(saved)
     torch.cuda.empty_cache()
 
 
@@ -395,6 +429,64 @@ def sweep_scan(shape=(8, 1536, 2048, 16)):
     print(f"sweep best: fwd {scan.CONFIGS['fwd'][dstate]} bwd {scan.CONFIGS['bwd'][dstate]}", flush=True)
 
 
+def compiled_kernels(fn) -> list[str]:
+    """Registers and spills of every compiled variant of a @triton.jit kernel (its constexprs abbreviated)."""
+    lines = []
+    for cache in fn.device_caches.values():
+        for kernel in cache[0].values():
+            consts = getattr(getattr(kernel, "src", None), "constants", {}) or {}
+            short = {k[-1] if isinstance(k, tuple) else k: v for k, v in consts.items()}
+            flags = " ".join(f"{k}={v}" for k, v in short.items() if isinstance(k, str) and k.isupper())
+            lines.append(f"{kernel.name}: {kernel.n_regs} regs, {kernel.n_spills} spills  {flags}")
+    return lines
+
+
+def sweep_segments():
+    """Time the segmented scan at the long shapes (and the batch-8 one) over forced segment lengths and channel
+    blocks, fwd alone and fwd+bwd; rows go to the results' json as 'sweep scan segments'. Leaves the module as it
+    was, then prints each compiled kernel's registers and spills."""
+    saved_len, saved_cfg = dict(scan.SEGMENT_LEN), {k: dict(v) for k, v in scan.CONFIGS.items()}
+    long_lengths = (512, 1024, 2048, 4096, 8192)
+    try:
+        sweep_segments_shape((1, 1536, 65536, 16), ((16, 8), (8, 4), (32, 16)), long_lengths, saved_cfg)
+        sweep_segments_shape((2, 2048, 16384, 16), ((16, 8), (8, 4)), long_lengths, saved_cfg)
+        sweep_segments_shape((8, 1536, 2048, 16), ((16, 8),), (256, 512, 1024, 1 << 40), saved_cfg)
+    finally:
+        scan.SEGMENT_LEN.update(saved_len)
+        for kind, table in saved_cfg.items():
+            scan.CONFIGS[kind].update(table)
+    for fn in (scan._selective_scan_fwd_kernel, scan._selective_scan_bwd_kernel, scan._segment_carry_kernel):
+        for line in compiled_kernels(fn):
+            print("  " + line, flush=True)
+
+
+def sweep_segments_shape(shape, blocks, lengths, base_cfg):
+    """One shape of `sweep_segments`: every (fwd BLOCK_D, bwd BLOCK_D) in `blocks` x segment length in `lengths`."""
+    dstate = shape[3]
+    inputs = scan_inputs(*shape)
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    dout = torch.randn_like(inputs["u"])
+
+    def forward():
+        with torch.no_grad():
+            return scan.selective_scan(**inputs, delta_softplus=True)
+
+    def forward_backward():
+        return torch.autograd.grad(scan.selective_scan(**leaves, delta_softplus=True), list(leaves.values()), dout)
+
+    for fwd_d, bwd_d in blocks:
+        scan.CONFIGS["fwd"][dstate] = dict(base_cfg["fwd"][dstate], BLOCK_D=fwd_d)
+        scan.CONFIGS["bwd"][dstate] = dict(base_cfg["bwd"][dstate], BLOCK_D=bwd_d)
+        for seg_len in lengths:
+            scan.SEGMENT_LEN.update(fwd=seg_len, bwd=seg_len)
+            fwd_us, both_us = bench(forward, rep=50), bench(forward_backward, rep=50)
+            note = f"BLOCK_D fwd {fwd_d} bwd {bwd_d}, " + ("1 segment" if seg_len >= shape[2] else f"S={seg_len}")
+            print(f"sweep segments {shape}: {note}: fwd {fwd_us:.1f} us, fwd+bwd {both_us:.1f} us", flush=True)
+            ROWS.append(dict(op="sweep scan segments", shape=list(shape), impl="triton", us=round(fwd_us, 1),
+                             fwd_bwd_us=round(both_us, 1), note=note))  # fmt: skip
+    torch.cuda.empty_cache()
+
+
 def sweep_conv(shape=(8, 1536, 2048), width=4):
     """Time a few tile shapes of the conv forward and backward in both layouts (GPU time alone, CUDA graphs: the
     wall time of a call is host-bound); keep the fastest in conv.CONFIGS for this run."""
@@ -481,7 +573,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true", help="sweep the scan's block shapes first")
     parser.add_argument("--sweep-conv", action="store_true", help="sweep only the conv's tiles (both layouts) first")
+    parser.add_argument("--sweep-segments", action="store_true", help="sweep the segmented scan's lengths first")
     parser.add_argument("--quick", action="store_true", help="skip the reference and torch.compile timings")
+    parser.add_argument("--only", choices=["scan", "conv", "norm", "decode"], help="benchmark only these ops")
     args = parser.parse_args(argv)
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}", flush=True)
     torch.manual_seed(0)
@@ -489,22 +583,30 @@ def main(argv=None):
         sweep_scan()
     if args.sweep or args.sweep_conv:
         sweep_conv()
+    if args.sweep_segments:
+        sweep_segments()
+        write_results(args, quiet=True)
     refs = not args.quick
     steps = [
-        lambda: bench_scan((8, 1536, 2048, 16), check_grads=True, compare_reductions=True),
-        lambda: bench_scan((8, 1536, 2048, 16), check_grads=True, channel_last=True),
-        lambda: bench_scan((4, 5120, 2048, 16), check_channels=512),
-        lambda: bench_scan((1, 1536, 65536, 16), check_channels=256, compare_reductions=True),
-        lambda: bench_scan((2, 2048, 16384, 16), check_channels=256),
-        lambda: bench_scan((8, 1536, 2048, 64), check_channels=512),
-        lambda: bench_conv((8, 1536, 2048)),
-        lambda: bench_conv((8, 1536, 2048), channel_last=True),
-        lambda: bench_conv((1, 1536, 65536), fwd=True),
-        bench_norm,
-        bench_decode,
+        ("scan", lambda: bench_scan((8, 1536, 2048, 16), check_grads=True, compare_reductions=True)),
+        ("scan", lambda: bench_scan((8, 1536, 2048, 16), check_grads=True, channel_last=True)),
+        ("scan", lambda: bench_scan((4, 5120, 2048, 16), check_channels=512)),
+        ("scan", lambda: bench_scan((1, 1536, 65536, 16), check_channels=256, compare_reductions=True,
+                                    compare_single_segment=True)),
+        ("scan", lambda: bench_scan((2, 2048, 16384, 16), check_channels=256, compare_single_segment=True)),
+        ("scan", lambda: bench_scan((8, 1536, 2048, 64), check_channels=512)),
+        ("conv", lambda: bench_conv((8, 1536, 2048))),
+        ("conv", lambda: bench_conv((8, 1536, 2048), channel_last=True)),
+        ("conv", lambda: bench_conv((1, 1536, 65536), fwd=True)),
+        ("norm", bench_norm),
+        ("decode", bench_decode),
     ]
     if refs:  # the slow ones last, so a time limit cuts them first
-        steps += [lambda: bench_conv_refs((8, 1536, 2048)), lambda: bench_scan_refs((8, 1536, 2048, 16))]
+        steps += [
+            ("conv", lambda: bench_conv_refs((8, 1536, 2048))),
+            ("scan", lambda: bench_scan_refs((8, 1536, 2048, 16))),
+        ]
+    steps = [step for op, step in steps if args.only in (None, op)]
     for step in steps:
         step()
         write_results(args, quiet=True)  # partial results survive a time limit

@@ -1,4 +1,5 @@
-"""Selective scan (Mamba S6) in Triton: one fused forward kernel and one reverse-scan backward kernel.
+"""Selective scan (Mamba S6) in Triton: a fused forward kernel, a reverse-scan backward kernel, and a sequence-parallel
+(segmented) mode of both for long sequences with a small batch.
 
 Math (the spec is `kernels/selective_scan/ref.py`), per batch b, channel d, state n, step t::
 
@@ -29,6 +30,28 @@ recomputes the chunk's forward states from the saved chunk-start state, scans th
     dA[d, n] += sum_t g dt (h - dt B u)                dB[n, t] += sum_d g dt u      dC[n, t] += sum_d dy h
     dD       += sum_t dy u                             d initial_state = a[0] * g[0]
     ddelta    = ddt * sigmoid(delta + delta_bias)      (with softplus)
+
+Long sequences: segments. The grid above has only `batch * dim / BLOCK_D` programs, each walking the whole sequence:
+at (1, 1536, 65536) that is 96 one-warp programs for 132 SMs. When the grid would leave the GPU underfilled, time is
+also cut into segments of `S` steps (a multiple of BLOCK_L, so chunk indices stay global) and each kernel gets a third
+grid axis over segments. Both directions are linear recurrences whose value across a segment is an affine map
+`x -> total_decay * x + (what the segment adds from zero)`, with `total_decay[k] = exp(A * sum_{t in k} dt[t])`, so:
+
+    forward   pass 1  every segment but the last scans from h = 0 and writes its end state e[k] and sum of dt
+              carry   h_start[0] = initial_state (or 0); h_start[k] = total_decay[k-1] * h_start[k-1] + e[k-1]
+              pass 2  the forward above, each segment started from h_start[k]; the last one writes last_state
+    backward  pass 1  every segment but the first runs the adjoint alone (no h needed: g depends only on a, C, dy)
+                      from g = 0 after its end and writes what it sends before its start, a[s_k] * g[s_k], and its
+                      sum of dt
+              carry   G[K-1] = d last_state (or 0); G[k-1] = a[s_k] g_own[s_k] + total_decay[k] * G[k], where G[k] =
+                      dL/dh[e_k] from the steps after segment k
+              pass 2  the backward above, each segment started from g_next = G[k]; segment 0 writes d initial_state
+
+Inside a segment a[t+1] is read only for t+1 before the segment's end (t_hi): the last step of a segment takes no
+decay from the next segment's first step, which is exactly the factor a[s_{k+1}] that pass 1 puts into what segment
+k+1 sends back. The saved chunk-start states stay global (pass 2 writes them), so the forward's and the backward's
+segmentations are independent (each picks its own S for its own BLOCK_D). The extra cost is the pass 1 walk (~1 exp2
+per element again in the forward, a light adjoint-only scan in the backward) for tens of times more programs.
 
 Layouts. The sequences (u, delta, z, out, B, C and their gradients) are addressed through a stride per axis, time
 included: time-major memory and channel-last memory (a transposed `[batch, seqlen, channels]`, as the mixer's Linear
@@ -63,8 +86,18 @@ CONFIGS: dict[str, dict[int, dict[str, int]]] = {
 # on an H100 (3.35 vs 3.50 ms fwd+bwd at (8, 1536, 2048, 16)); atomics need no scratch.
 DBC_REDUCTION = "atomics"
 PARTIALS_MAX_BYTES = 2 << 30
-# Programs per SM below which the channel block shrinks (long sequences with a small batch would leave SMs idle).
+# Programs per SM below which the grid counts as underfilled: a long enough sequence is then cut into segments (see
+# the module docstring), else the channel block shrinks (down to 2) to make more programs.
 MIN_PROGRAMS_PER_SM = 4
+# Segmented (sequence-parallel) scan: segments are at least SEGMENT_MIN_LEN steps, and as many as give about
+# SEGMENT_PROGRAMS_PER_SM programs per SM. The pass-2 kernels hold ~240 registers per thread, so only ~8 one-warp
+# programs fit on an SM at once; on an H100 the time was flat for 2-6 waves of those (segments of 1024-3000 steps at
+# (1, 1536, 65536) and (2, 2048, 16384)) and 10-40% worse with under 2 (kernels/NOTES.md, v6). SEGMENT_LEN forces a
+# length in steps (a multiple of BLOCK_L) per direction, on any device (tests use it to get several segments on CPU);
+# a length >= seqlen forces the single-segment path.
+SEGMENT_MIN_LEN = 1024
+SEGMENT_PROGRAMS_PER_SM = 32
+SEGMENT_LEN: dict[str, int | None] = {"fwd": None, "bwd": None}
 
 
 def _config(kind: str, dstate: int) -> dict[str, int]:
@@ -77,6 +110,13 @@ def _config(kind: str, dstate: int) -> dict[str, int]:
 def _scan_combine(a1, b1, a2, b2):
     # (a1, b1) comes first in scan order: h = a2 * (a1 * h0 + b1) + b2.
     return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _adjoint_combine(a1, b1, a2, b2):
+    # The adjoint's maps g -> b + a * g_next composed in time order, the later step (a2, b2) applied first:
+    # g = b1 + a1 * (b2 + a2 * g_next). Folding a chunk with it gives the map from g after the chunk to g at its start.
+    return a1 * a2, b1 + a1 * b2
 
 
 @triton.jit
@@ -106,14 +146,18 @@ def _selective_scan_fwd_kernel(
     D_ptr,
     z_ptr,
     delta_bias_ptr,
-    init_ptr,
+    start_ptr,
     out_ptr,
-    last_state_ptr,
+    end_ptr,
+    dtsum_ptr,
     states_ptr,
     dim,
     dstate,
     seqlen,
     n_chunks,
+    seg_chunks,
+    seg_offset,
+    n_segments,
     channels_per_group,
     stride_u_b,
     stride_u_d,
@@ -133,22 +177,36 @@ def _selective_scan_fwd_kernel(
     stride_C_g,
     stride_C_n,
     stride_C_l,
-    stride_init_b,
-    stride_init_d,
+    stride_start_b,
+    stride_start_d,
+    stride_start_s,
+    stride_end_b,
+    stride_end_d,
+    stride_end_s,
     stride_out_b,
     stride_out_d,
     stride_out_l,
     HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr,
     HAS_DELTA_BIAS: tl.constexpr,
-    HAS_INITIAL_STATE: tl.constexpr,
+    HAS_START: tl.constexpr,
     DELTA_SOFTPLUS: tl.constexpr,
     SAVE_STATES: tl.constexpr,
+    SEGMENT_ENDS: tl.constexpr,
     TIME_IN_THREAD: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
+    # Program (channel block, batch, segment): chunks [seg * seg_chunks, (seg + 1) * seg_chunks) of the sequence, from
+    # the state at start_ptr (this segment's start: the initial state, or the carried one; zero without HAS_START).
+    #   SEGMENT_ENDS=False (the forward proper): writes out, the chunk-start states (SAVE_STATES) and, from the last
+    #     segment only, the final state to end_ptr.
+    #   SEGMENT_ENDS=True (pass 1 of the segmented forward): no output and no C/z/D; writes the segment's end state to
+    #     end_ptr (batch, dim, segments, dstate) and its sum of dt to dtsum_ptr (batch, dim, segments).
+    # start/end are fp32 `(batch, dim, [segments,] dstate)` with unit stride on dstate; a segment stride of 0 reads or
+    # writes one (batch, dim, dstate) tensor.
+    #
     # Tiles are time-major, [BLOCK_L, BLOCK_N, BLOCK_D]: the channels are the fastest axis, so threads spread over
     # channels and states and each thread holds all BLOCK_L steps of its (state, channel) pairs; the scan over time
     # is then a loop inside each thread, with no exchange between threads. Every sequence is read and written through
@@ -156,6 +214,9 @@ def _selective_scan_fwd_kernel(
     # Triton specialises a stride of 1, so either layout gets unit-stride address arithmetic).
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
+    seg = tl.program_id(2) + seg_offset
+    chunk_lo = seg * seg_chunks
+    chunk_hi = tl.minimum(chunk_lo + seg_chunks, n_chunks)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
     offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N]
     offs_l = tl.arange(0, BLOCK_L)  # [BLOCK_L]
@@ -179,15 +240,15 @@ def _selective_scan_fwd_kernel(
         z_cols = z_ptr + pid_b * stride_z_b + offs_d64[None, :] * stride_z_d
     B_cols = B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n[None, :] * stride_B_n  # [1, BLOCK_N]
     C_cols = C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n[None, :] * stride_C_n
-    state_offs = (pid_b * dim + offs_d64[None, :]) * dstate + offs_n[:, None]  # [BLOCK_N, BLOCK_D]
 
-    if HAS_INITIAL_STATE:
-        init_ptrs = init_ptr + pid_b * stride_init_b + offs_d64[None, :] * stride_init_d + offs_n[:, None]
-        h = tl.load(init_ptrs, mask=mask_nd, other=0.0).to(tl.float32)
+    if HAS_START:
+        start_ptrs = start_ptr + pid_b * stride_start_b + offs_d64[None, :] * stride_start_d + offs_n[:, None]
+        h = tl.load(start_ptrs + seg * stride_start_s, mask=mask_nd, other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_D]
     else:
         h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-    for chunk in range(0, n_chunks):
+    for chunk in range(chunk_lo, chunk_hi):
         if SAVE_STATES:
             chunk_offs = ((pid_b * dim + offs_d64[None, :]) * n_chunks + chunk) * dstate + offs_n[:, None]
             tl.store(states_ptr + chunk_offs, h, mask=mask_nd)
@@ -204,32 +265,98 @@ def _selective_scan_fwd_kernel(
             dt = _softplus(dt)
         dt = tl.where(mask_td, dt, 0.0)  # padding steps: decay 1, input 0
         Bt = tl.load(B_cols + t64 * stride_B_l, mask=mask_tn, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_N]
-        Ct = tl.load(C_cols + t64 * stride_C_l, mask=mask_tn, other=0.0).to(tl.float32)
 
         decay = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [BLOCK_L, BLOCK_N, BLOCK_D]
         inp = (dt * u)[:, None, :] * Bt[:, :, None]  # [BLOCK_L, BLOCK_N, BLOCK_D]
-        run_decay, run_inp = tl.associative_scan((decay, inp), axis=0, combine_fn=_scan_combine)
-        hs = run_inp + run_decay * h[None, :, :]  # [BLOCK_L, BLOCK_N, BLOCK_D]
-        y = tl.sum(hs * Ct[:, :, None], axis=1)  # [BLOCK_L, BLOCK_D]
-        if TIME_IN_THREAD:
-            h = tl.reduce(hs, 0, _pick_last)  # [BLOCK_N, BLOCK_D], the state after the chunk's last step
+        if SEGMENT_ENDS:
+            # Only the state after the chunk: fold the chunk's (decay, input) pairs in time order (no prefixes).
+            dt_sum += tl.sum(dt, axis=0)
+            if TIME_IN_THREAD:
+                chunk_decay, chunk_inp = tl.reduce((decay, inp), 0, _scan_combine)  # [BLOCK_N, BLOCK_D]
+                h = chunk_inp + chunk_decay * h
+            else:
+                run_decay, run_inp = tl.associative_scan((decay, inp), axis=0, combine_fn=_scan_combine)
+                hs = run_inp + run_decay * h[None, :, :]
+                h = tl.sum(tl.where(offs_l[:, None, None] == BLOCK_L - 1, hs, 0.0), axis=0)
         else:
-            h = tl.sum(tl.where(offs_l[:, None, None] == BLOCK_L - 1, hs, 0.0), axis=0)
+            Ct = tl.load(C_cols + t64 * stride_C_l, mask=mask_tn, other=0.0).to(tl.float32)
+            run_decay, run_inp = tl.associative_scan((decay, inp), axis=0, combine_fn=_scan_combine)
+            hs = run_inp + run_decay * h[None, :, :]  # [BLOCK_L, BLOCK_N, BLOCK_D]
+            y = tl.sum(hs * Ct[:, :, None], axis=1)  # [BLOCK_L, BLOCK_D]
+            if TIME_IN_THREAD:
+                h = tl.reduce(hs, 0, _pick_last)  # [BLOCK_N, BLOCK_D], the state after the chunk's last step
+            else:
+                h = tl.sum(tl.where(offs_l[:, None, None] == BLOCK_L - 1, hs, 0.0), axis=0)
 
-        if HAS_D:
-            y += Dv[None, :] * u
-        if HAS_Z:
-            zt = tl.load(z_cols + t64 * stride_z_l, mask=mask_td, other=0.0).to(tl.float32)
-            y *= zt * tl.sigmoid(zt)
-        tl.store(out_cols + t64 * stride_out_l, y.to(out_ptr.dtype.element_ty), mask=mask_td)
+            if HAS_D:
+                y += Dv[None, :] * u
+            if HAS_Z:
+                zt = tl.load(z_cols + t64 * stride_z_l, mask=mask_td, other=0.0).to(tl.float32)
+                y *= zt * tl.sigmoid(zt)
+            tl.store(out_cols + t64 * stride_out_l, y.to(out_ptr.dtype.element_ty), mask=mask_td)
 
-    tl.store(last_state_ptr + state_offs, h, mask=mask_nd)
+    end_ptrs = end_ptr + pid_b * stride_end_b + offs_d64[None, :] * stride_end_d + offs_n[:, None]
+    if SEGMENT_ENDS:
+        tl.store(end_ptrs + seg * stride_end_s, h, mask=mask_nd)
+        tl.store(dtsum_ptr + (pid_b * dim + offs_d64) * n_segments + seg, dt_sum, mask=mask_d)
+    else:
+        tl.store(end_ptrs + seg * stride_end_s, h, mask=mask_nd & (seg == n_segments - 1))
+
+
+@triton.jit
+def _segment_carry_kernel(
+    x_ptr,
+    dtsum_ptr,
+    A_ptr,
+    h0_ptr,
+    batch_dim_state,
+    dim,
+    dstate,
+    n_segments,
+    stride_A_d,
+    stride_h0_b,
+    stride_h0_d,
+    HAS_H0: tl.constexpr,
+    REVERSE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # The sequential part of the segmented scan, in place over x `(batch, dim, segments, dstate)` fp32 (contiguous).
+    # On entry x[k] holds what segment k adds from a zero state (all segments but the last one visited) and dtsum
+    # `(batch, dim, segments)` its sum of dt; on exit x[k] holds the value entering segment k:
+    #     h = h0 (or 0);  for k in visiting order: x[k], h = h, exp(A * dtsum[k]) * h + x[k]
+    # Forward: k = 0, 1, ... (h0 = initial_state, x = end states from zero -> start states). Backward (REVERSE):
+    # k = K-1, K-2, ... (h0 = d last_state, x = each segment's own d h before its start -> g after its end).
+    # One element (b, d, n) per lane; K is small (tens), so this is a few microseconds.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # flat (batch, dim, dstate) index
+    mask = offs < batch_dim_state
+    bd = offs // dstate
+    n = offs % dstate
+    d = bd % dim
+    A2 = tl.load(A_ptr + d * stride_A_d + n, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_H0:
+        h = tl.load(h0_ptr + (bd // dim) * stride_h0_b + d * stride_h0_d + n, mask=mask, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in range(0, n_segments - 1):
+        if REVERSE:
+            k = n_segments - 1 - i
+        else:
+            k = i
+        x_ptrs = x_ptr + (bd * n_segments + k) * dstate + n
+        x = tl.load(x_ptrs, mask=mask, other=0.0)
+        dts = tl.load(dtsum_ptr + bd * n_segments + k, mask=mask, other=0.0)
+        tl.store(x_ptrs, h, mask=mask)
+        h = tl.exp2(A2 * dts) * h + x
+    if REVERSE:
+        tl.store(x_ptr + bd * n_segments * dstate + n, h, mask=mask)
+    else:
+        tl.store(x_ptr + (bd * n_segments + n_segments - 1) * dstate + n, h, mask=mask)
 
 
 @triton.jit
 def _selective_scan_bwd_kernel(
     dout_ptr,
-    dlast_ptr,
+    dend_ptr,
     u_ptr,
     delta_ptr,
     A_ptr,
@@ -247,11 +374,15 @@ def _selective_scan_bwd_kernel(
     dD_ptr,
     dz_ptr,
     ddelta_bias_ptr,
-    dinit_ptr,
+    dstart_ptr,
+    dtsum_ptr,
     dim,
     dstate,
     seqlen,
     n_chunks,
+    seg_chunks,
+    seg_offset,
+    n_segments,
     channels_per_group,
     parts_per_group,
     stride_u_b,
@@ -294,22 +425,43 @@ def _selective_scan_bwd_kernel(
     stride_dC_g,
     stride_dC_n,
     stride_dC_l,
+    stride_dend_b,
+    stride_dend_d,
+    stride_dend_s,
+    stride_dstart_b,
+    stride_dstart_d,
+    stride_dstart_s,
     HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr,
     HAS_DELTA_BIAS: tl.constexpr,
-    HAS_DLAST: tl.constexpr,
-    HAS_INITIAL_STATE: tl.constexpr,
+    HAS_DEND: tl.constexpr,
+    HAS_DSTART: tl.constexpr,
     DELTA_SOFTPLUS: tl.constexpr,
+    SEGMENT_ADJOINT: tl.constexpr,
     TIME_IN_THREAD: tl.constexpr,
     DBC_PARTIALS: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
+    # Program (channel block, batch, segment): steps [t_lo, t_hi) (chunks [seg * seg_chunks, ...)) in reverse, from
+    # g_next = dL/dh[t_hi - 1] through the steps after the segment, read from dend_ptr (zero without HAS_DEND). The
+    # decay a[t+1] is read only for t + 1 < t_hi: what lies after the segment arrives through g_next alone.
+    #   SEGMENT_ADJOINT=False (the backward proper): all gradients; with HAS_DSTART, segment 0 writes
+    #     d initial_state = a[0] g[0] to dstart_ptr.
+    #   SEGMENT_ADJOINT=True (pass 1 of the segmented backward): the adjoint alone (no h, u, B or saved states);
+    #     writes a[t_lo] g[t_lo] to dstart_ptr (batch, dim, segments, dstate) and the segment's sum of dt to dtsum_ptr.
+    # dend/dstart are fp32 `(batch, dim, [segments,] dstate)` with unit stride on dstate (segment stride 0: one tensor).
+    #
     # Same time-major tiles and strided (time-major or channel-last) sequences as the forward: [BLOCK_L, BLOCK_N,
     # BLOCK_D]. The gradients du/ddelta/dz/dB/dC have their own strides (the launcher lays each out like its input).
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
+    seg = tl.program_id(2) + seg_offset
+    chunk_lo = seg * seg_chunks
+    chunk_hi = tl.minimum(chunk_lo + seg_chunks, n_chunks)
+    t_lo = chunk_lo * BLOCK_L
+    t_hi = tl.minimum(chunk_hi * BLOCK_L, seqlen)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
     offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N]
     offs_l = tl.arange(0, BLOCK_L)  # [BLOCK_L]
@@ -341,111 +493,141 @@ def _selective_scan_bwd_kernel(
     part = (pid_d % parts_per_group).to(tl.int64) if DBC_PARTIALS else 0
     dB_cols = dB_ptr + part * stride_dB_p + pid_b * stride_dB_b + group * stride_dB_g + offs_n[None, :] * stride_dB_n
     dC_cols = dC_ptr + part * stride_dC_p + pid_b * stride_dC_b + group * stride_dC_g + offs_n[None, :] * stride_dC_n
-    state_offs = (pid_b * dim + offs_d64[None, :]) * dstate + offs_n[:, None]  # [BLOCK_N, BLOCK_D]
 
-    if HAS_DLAST:
-        g_next = tl.load(dlast_ptr + state_offs, mask=mask_nd, other=0.0).to(tl.float32)  # dL/dh[chunk end + 1]
+    if HAS_DEND:
+        dend_ptrs = dend_ptr + pid_b * stride_dend_b + offs_d64[None, :] * stride_dend_d + offs_n[:, None]
+        g_next = tl.load(dend_ptrs + seg * stride_dend_s, mask=mask_nd, other=0.0).to(tl.float32)  # dL/dh[t_hi - 1]
     else:
         g_next = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-    for i in range(0, n_chunks):
-        chunk = n_chunks - 1 - i
+    for i in range(0, chunk_hi - chunk_lo):
+        chunk = chunk_hi - 1 - i
         t = chunk * BLOCK_L + offs_l  # [BLOCK_L]
         t64 = t.to(tl.int64)[:, None]  # [BLOCK_L, 1]
         mask_t = t < seqlen
         mask_td = mask_t[:, None] & mask_d[None, :]  # [BLOCK_L, BLOCK_D]
-        mask_td1 = ((t + 1) < seqlen)[:, None] & mask_d[None, :]
+        mask_td1 = ((t + 1) < t_hi)[:, None] & mask_d[None, :]  # a[t+1] inside this segment
         mask_tn = mask_t[:, None] & mask_n[None, :]  # [BLOCK_L, BLOCK_N]
 
-        u = tl.load(u_cols + t64 * stride_u_l, mask=mask_td, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_D]
-        dt_raw = tl.load(delta_cols + t64 * stride_delta_l, mask=mask_td, other=0.0).to(tl.float32)
         dt_next = tl.load(delta_cols + (t64 + 1) * stride_delta_l, mask=mask_td1, other=0.0).to(tl.float32)
         if HAS_DELTA_BIAS:
-            dt_raw += bias[None, :]
             dt_next += bias[None, :]
         if DELTA_SOFTPLUS:
-            dt = _softplus(dt_raw)
             dt_next = _softplus(dt_next)
-        else:
-            dt = dt_raw
-        dt = tl.where(mask_td, dt, 0.0)
         dt_next = tl.where(mask_td1, dt_next, 0.0)
-        Bt = tl.load(B_cols + t64 * stride_B_l, mask=mask_tn, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_N]
-        Ct = tl.load(C_cols + t64 * stride_C_l, mask=mask_tn, other=0.0).to(tl.float32)
+        Ct = tl.load(C_cols + t64 * stride_C_l, mask=mask_tn, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_N]
         dout = tl.load(dout_cols + t64 * stride_dout_l, mask=mask_td, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_D]
-
-        # Recompute the chunk's forward states from the saved chunk-start state.
-        chunk_offs = ((pid_b * dim + offs_d64[None, :]) * n_chunks + chunk) * dstate + offs_n[:, None]
-        h0 = tl.load(states_ptr + chunk_offs, mask=mask_nd, other=0.0)  # [BLOCK_N, BLOCK_D]
-        decay = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [BLOCK_L, BLOCK_N, BLOCK_D]
-        dtu = dt * u  # [BLOCK_L, BLOCK_D]
-        inp = dtu[:, None, :] * Bt[:, :, None]  # [BLOCK_L, BLOCK_N, BLOCK_D]
-        run_decay, run_inp = tl.associative_scan((decay, inp), axis=0, combine_fn=_scan_combine)
-        hs = run_inp + run_decay * h0[None, :, :]  # [BLOCK_L, BLOCK_N, BLOCK_D]
-
-        dy = dout
         if HAS_Z:
             zt = tl.load(z_cols + t64 * stride_z_l, mask=mask_td, other=0.0).to(tl.float32)
-            y = tl.sum(hs * Ct[:, :, None], axis=1)  # [BLOCK_L, BLOCK_D]
-            if HAS_D:
-                y += Dv[None, :] * u
             sig_z = tl.sigmoid(zt)
-            dz = dout * y * sig_z * (1.0 + zt * (1.0 - sig_z))
-            tl.store(dz_cols + t64 * stride_dz_l, dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
-            dy = dout * zt * sig_z
-        if HAS_D:
-            dD_acc += tl.sum(dy * u, axis=0)
-
-        # Adjoint: reverse scan over (a[t+1], C[t] * dy[t]), then the carry from the next chunk.
         decay_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])  # [BLOCK_L, BLOCK_N, BLOCK_D]
-        x = dy[:, None, :] * Ct[:, :, None]  # [BLOCK_L, BLOCK_N, BLOCK_D]
-        run_decay_next, run_x = tl.associative_scan((decay_next, x), axis=0, combine_fn=_scan_combine, reverse=True)
-        g = run_x + run_decay_next * g_next[None, :, :]  # [BLOCK_L, BLOCK_N, BLOCK_D]
-        if TIME_IN_THREAD:
-            g_next = tl.reduce(g, 0, _pick_first)  # [BLOCK_N, BLOCK_D], dL/dh at the chunk's start
-        else:
-            g_next = tl.sum(tl.where(offs_l[:, None, None] == 0, g, 0.0), axis=0)
 
-        gB = tl.sum(g * Bt[:, :, None], axis=1)  # [BLOCK_L, BLOCK_D]
-        du = dt * gB
+        if SEGMENT_ADJOINT:
+            # g at the chunk's start only: fold the chunk's maps g -> C dy + a[t+1] g (no prefixes needed).
+            dt_sum += tl.sum(dt_next, axis=0)  # dt[t_lo + 1 .. t_hi - 1]; dt[t_lo] is added at the end
+            dy = dout
+            if HAS_Z:
+                dy = dout * zt * sig_z
+            x = dy[:, None, :] * Ct[:, :, None]  # [BLOCK_L, BLOCK_N, BLOCK_D]
+            if TIME_IN_THREAD:
+                chunk_decay, chunk_x = tl.reduce((decay_next, x), 0, _adjoint_combine)  # [BLOCK_N, BLOCK_D]
+                g_next = chunk_x + chunk_decay * g_next
+            else:
+                run_decay_next, run_x = tl.associative_scan(
+                    (decay_next, x), axis=0, combine_fn=_scan_combine, reverse=True
+                )
+                g = run_x + run_decay_next * g_next[None, :, :]
+                g_next = tl.sum(tl.where(offs_l[:, None, None] == 0, g, 0.0), axis=0)
+        else:
+            u = tl.load(u_cols + t64 * stride_u_l, mask=mask_td, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_D]
+            dt_raw = tl.load(delta_cols + t64 * stride_delta_l, mask=mask_td, other=0.0).to(tl.float32)
+            if HAS_DELTA_BIAS:
+                dt_raw += bias[None, :]
+            if DELTA_SOFTPLUS:
+                dt = _softplus(dt_raw)
+            else:
+                dt = dt_raw
+            dt = tl.where(mask_td, dt, 0.0)
+            Bt = tl.load(B_cols + t64 * stride_B_l, mask=mask_tn, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_N]
+
+            # Recompute the chunk's forward states from the saved chunk-start state.
+            chunk_offs = ((pid_b * dim + offs_d64[None, :]) * n_chunks + chunk) * dstate + offs_n[:, None]
+            h0 = tl.load(states_ptr + chunk_offs, mask=mask_nd, other=0.0)  # [BLOCK_N, BLOCK_D]
+            decay = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [BLOCK_L, BLOCK_N, BLOCK_D]
+            dtu = dt * u  # [BLOCK_L, BLOCK_D]
+            inp = dtu[:, None, :] * Bt[:, :, None]  # [BLOCK_L, BLOCK_N, BLOCK_D]
+            run_decay, run_inp = tl.associative_scan((decay, inp), axis=0, combine_fn=_scan_combine)
+            hs = run_inp + run_decay * h0[None, :, :]  # [BLOCK_L, BLOCK_N, BLOCK_D]
+
+            dy = dout
+            if HAS_Z:
+                y = tl.sum(hs * Ct[:, :, None], axis=1)  # [BLOCK_L, BLOCK_D]
+                if HAS_D:
+                    y += Dv[None, :] * u
+                dz = dout * y * sig_z * (1.0 + zt * (1.0 - sig_z))
+                tl.store(dz_cols + t64 * stride_dz_l, dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
+                dy = dout * zt * sig_z
+            if HAS_D:
+                dD_acc += tl.sum(dy * u, axis=0)
+
+            # Adjoint: reverse scan over (a[t+1], C[t] * dy[t]), then the carry from the next chunk.
+            x = dy[:, None, :] * Ct[:, :, None]  # [BLOCK_L, BLOCK_N, BLOCK_D]
+            run_decay_next, run_x = tl.associative_scan((decay_next, x), axis=0, combine_fn=_scan_combine, reverse=True)
+            g = run_x + run_decay_next * g_next[None, :, :]  # [BLOCK_L, BLOCK_N, BLOCK_D]
+            if TIME_IN_THREAD:
+                g_next = tl.reduce(g, 0, _pick_first)  # [BLOCK_N, BLOCK_D], dL/dh at the chunk's start
+            else:
+                g_next = tl.sum(tl.where(offs_l[:, None, None] == 0, g, 0.0), axis=0)
+
+            gB = tl.sum(g * Bt[:, :, None], axis=1)  # [BLOCK_L, BLOCK_D]
+            du = dt * gB
+            if HAS_D:
+                du += Dv[None, :] * dy
+            tl.store(du_cols + t64 * stride_du_l, du.to(du_ptr.dtype.element_ty), mask=mask_td)
+            g_ah = g * (hs - inp)  # g * a[t] * h[t-1], [BLOCK_L, BLOCK_N, BLOCK_D]
+            dA_acc += tl.sum(g_ah * dt[:, None, :], axis=0)
+            ddt = tl.sum(g_ah * A[None, :, :], axis=1) + u * gB  # [BLOCK_L, BLOCK_D]
+            if DELTA_SOFTPLUS:
+                ddt = ddt * tl.sigmoid(dt_raw)
+            ddt = tl.where(mask_td, ddt, 0.0)
+            dbias_acc += tl.sum(ddt, axis=0)
+            tl.store(ddelta_cols + t64 * stride_ddelta_l, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_td)
+
+            dB = tl.sum(g * dtu[:, None, :], axis=2)  # [BLOCK_L, BLOCK_N]
+            dC = tl.sum(hs * dy[:, None, :], axis=2)  # [BLOCK_L, BLOCK_N]
+            if DBC_PARTIALS:
+                tl.store(dB_cols + t64 * stride_dB_l, dB, mask=mask_tn)
+                tl.store(dC_cols + t64 * stride_dC_l, dC, mask=mask_tn)
+            else:
+                tl.atomic_add(dB_cols + t64 * stride_dB_l, dB, mask=mask_tn, sem="relaxed")
+                tl.atomic_add(dC_cols + t64 * stride_dC_l, dC, mask=mask_tn, sem="relaxed")
+
+    if not SEGMENT_ADJOINT:
+        tl.atomic_add(dA_ptr + offs_d64[None, :] * dstate + offs_n[:, None], dA_acc, mask=mask_nd, sem="relaxed")
         if HAS_D:
-            du += Dv[None, :] * dy
-        tl.store(du_cols + t64 * stride_du_l, du.to(du_ptr.dtype.element_ty), mask=mask_td)
-        g_ah = g * (hs - inp)  # g * a[t] * h[t-1], [BLOCK_L, BLOCK_N, BLOCK_D]
-        dA_acc += tl.sum(g_ah * dt[:, None, :], axis=0)
-        ddt = tl.sum(g_ah * A[None, :, :], axis=1) + u * gB  # [BLOCK_L, BLOCK_D]
-        if DELTA_SOFTPLUS:
-            ddt = ddt * tl.sigmoid(dt_raw)
-        ddt = tl.where(mask_td, ddt, 0.0)
-        dbias_acc += tl.sum(ddt, axis=0)
-        tl.store(ddelta_cols + t64 * stride_ddelta_l, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_td)
-
-        dB = tl.sum(g * dtu[:, None, :], axis=2)  # [BLOCK_L, BLOCK_N]
-        dC = tl.sum(hs * dy[:, None, :], axis=2)  # [BLOCK_L, BLOCK_N]
-        if DBC_PARTIALS:
-            tl.store(dB_cols + t64 * stride_dB_l, dB, mask=mask_tn)
-            tl.store(dC_cols + t64 * stride_dC_l, dC, mask=mask_tn)
-        else:
-            tl.atomic_add(dB_cols + t64 * stride_dB_l, dB, mask=mask_tn, sem="relaxed")
-            tl.atomic_add(dC_cols + t64 * stride_dC_l, dC, mask=mask_tn, sem="relaxed")
-
-    tl.atomic_add(dA_ptr + offs_d64[None, :] * dstate + offs_n[:, None], dA_acc, mask=mask_nd, sem="relaxed")
-    if HAS_D:
-        tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d, sem="relaxed")
-    if HAS_DELTA_BIAS:
-        tl.atomic_add(ddelta_bias_ptr + offs_d, dbias_acc, mask=mask_d, sem="relaxed")
-    if HAS_INITIAL_STATE:
-        # d h[-1] = a[0] * g[0]; g_next now holds g[0].
-        dt0 = tl.load(delta_cols, mask=mask_d[None, :], other=0.0).to(tl.float32)  # [1, BLOCK_D]
+            tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d, sem="relaxed")
+        if HAS_DELTA_BIAS:
+            tl.atomic_add(ddelta_bias_ptr + offs_d, dbias_acc, mask=mask_d, sem="relaxed")
+    if SEGMENT_ADJOINT or HAS_DSTART:
+        # d h[t_lo - 1] = a[t_lo] * g[t_lo]; g_next now holds g[t_lo].
+        dt0 = tl.load(delta_cols + t_lo.to(tl.int64) * stride_delta_l, mask=mask_d[None, :], other=0.0)
+        dt0 = dt0.to(tl.float32)  # [1, BLOCK_D]
         if HAS_DELTA_BIAS:
             dt0 += bias[None, :]
         if DELTA_SOFTPLUS:
             dt0 = _softplus(dt0)
-        dinit = tl.exp2(dt0 * A2) * g_next  # [BLOCK_N, BLOCK_D]
-        tl.store(dinit_ptr + state_offs, dinit, mask=mask_nd)
+        dstart = tl.exp2(dt0 * A2) * g_next  # [BLOCK_N, BLOCK_D]
+        dstart_ptrs = dstart_ptr + pid_b * stride_dstart_b + offs_d64[None, :] * stride_dstart_d + offs_n[:, None]
+        if SEGMENT_ADJOINT:
+            tl.store(dstart_ptrs + seg * stride_dstart_s, dstart, mask=mask_nd)
+            dt_sum += tl.sum(dt0, axis=0)
+            tl.store(dtsum_ptr + (pid_b * dim + offs_d64) * n_segments + seg, dt_sum, mask=mask_d)
+        else:
+            tl.store(dstart_ptrs, dstart, mask=mask_nd & (seg == 0))
 
 
 def _num_warps(num_warps: int, block_n: int, block_d: int) -> tuple[int, bool]:
@@ -465,7 +647,7 @@ def _num_sms(device: torch.device) -> int | None:
 
 def _block_d(block_d: int, dim: int, groups: int, batch: int = 1, device: torch.device | None = None) -> int:
     """Largest power of two <= block_d that keeps every program's channels in one B/C group, shrunk (down to 2) while
-    the grid would give fewer than MIN_PROGRAMS_PER_SM programs per SM."""
+    the grid would give fewer than MIN_PROGRAMS_PER_SM programs per SM (only with a device)."""
     sms = _num_sms(device) if device is not None else None
     if sms:
         while block_d > 2 and batch * triton.cdiv(dim, block_d) < MIN_PROGRAMS_PER_SM * sms:
@@ -476,6 +658,34 @@ def _block_d(block_d: int, dim: int, groups: int, batch: int = 1, device: torch.
     while block_d > 1 and per_group % block_d:
         block_d //= 2
     return block_d
+
+
+def _plan(kind: str, block_d: int, block_l: int, batch: int, dim: int, seqlen: int, groups: int, device) -> tuple:
+    """(BLOCK_D, steps per segment, segments) for one direction ("fwd" or "bwd").
+
+    Segments (sequence-parallel scan) when the grid of `batch * dim / BLOCK_D` programs would give fewer than
+    MIN_PROGRAMS_PER_SM per SM and the sequence has room for two SEGMENT_MIN_LEN segments: then as many segments as
+    give ~SEGMENT_PROGRAMS_PER_SM programs per SM, at the configured BLOCK_D (one-warp programs with 16 channels keep
+    the per-element work cheapest, see kernels/NOTES.md). Otherwise one segment and the channel block shrinks instead
+    (the earlier remedy, kept where the sequence is short). `SEGMENT_LEN[kind]` overrides the choice on any device."""
+    full_block_d = _block_d(block_d, dim, groups)
+    padded = triton.cdiv(max(seqlen, 1), block_l) * block_l  # steps in whole chunks
+    forced = SEGMENT_LEN[kind]
+    if forced is not None:
+        if forced <= 0 or forced % block_l:
+            raise ValueError(f"SEGMENT_LEN[{kind!r}] must be a positive multiple of BLOCK_L={block_l}, got {forced}")
+        seg_len = min(forced, padded)
+    else:
+        seg_len = padded
+        sms = _num_sms(device)
+        programs = batch * triton.cdiv(dim, full_block_d)
+        if sms and programs < MIN_PROGRAMS_PER_SM * sms and seqlen >= 2 * SEGMENT_MIN_LEN:
+            n_segments = min(triton.cdiv(SEGMENT_PROGRAMS_PER_SM * sms, programs), seqlen // SEGMENT_MIN_LEN)
+            seg_len = triton.cdiv(triton.cdiv(seqlen, n_segments), block_l) * block_l
+    n_segments = triton.cdiv(padded, seg_len)
+    if n_segments == 1:
+        return _block_d(block_d, dim, groups, batch, device), padded, 1
+    return full_block_d, seg_len, n_segments
 
 
 def _split_bc(BC: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -490,13 +700,52 @@ def _seq_strides(t: torch.Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else t.stride()
 
 
+def _state_strides(t: torch.Tensor | None) -> tuple[int, int, int]:
+    """(batch, channel, segment) strides of fp32 states: `(b, d, segments, n)` per segment, or one `(b, d, n)` state
+    for every segment (segment stride 0); zeros for an absent one."""
+    if t is None:
+        return 0, 0, 0
+    return (t.stride(0), t.stride(1), t.stride(2)) if t.dim() == 4 else (t.stride(0), t.stride(1), 0)
+
+
+def _strides(name: str, axes: str, strides) -> dict[str, int]:
+    """Keyword arguments `stride_<name>_<axis>` for the kernels, e.g. `_strides("u", "bdl", u.stride())`."""
+    return {f"stride_{name}_{axis}": int(s) for axis, s in zip(axes, strides, strict=True)}
+
+
 def _n_chunks(seqlen: int, dstate: int) -> int:
     return triton.cdiv(max(seqlen, 1), _config("bwd", dstate)["BLOCK_L"])
 
 
+def _carry(x: torch.Tensor, dtsum: torch.Tensor, A: torch.Tensor, h0: torch.Tensor | None, reverse: bool) -> None:
+    """Run `_segment_carry_kernel` over x `(batch, dim, segments, dstate)` in place (see there)."""
+    batch, dim, n_segments, dstate = x.shape
+    total = batch * dim * dstate
+    block = 256
+    h0_strides = (h0.stride(0), h0.stride(1)) if h0 is not None else (0, 0)
+    _segment_carry_kernel[(triton.cdiv(total, block),)](
+        x,
+        dtsum,
+        A,
+        h0,
+        total,
+        dim,
+        dstate,
+        n_segments,
+        A.stride(0),
+        *h0_strides,
+        HAS_H0=h0 is not None,
+        REVERSE=reverse,
+        BLOCK=block,
+        num_warps=4,
+    )
+
+
 def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states):
     """Launch the forward. Returns out `(b, d, l)` u.dtype, last_state `(b, d, n)` fp32 and, when `save_states`,
-    the chunk-start states `(b, d, n_chunks, n)` fp32 (else an empty tensor). out is channel-last when u is."""
+    the chunk-start states `(b, d, n_chunks, n)` fp32 (else an empty tensor). out is channel-last when u is.
+
+    One launch, or with segments (see `_plan`) three: pass 1 (segment end states from zero), the carry, pass 2."""
     u, delta, B, C, z = sequence_strides(u, delta, B, C, z)
     A, D, delta_bias, initial_state = unit_stride(A, D, delta_bias, initial_state)
     batch, dim, seqlen = u.shape
@@ -507,7 +756,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     block_l = _config("bwd", dstate)["BLOCK_L"]
     n_chunks = _n_chunks(seqlen, dstate)
     cfg["BLOCK_L"] = block_l  # the saved chunk-start states must line up with the backward's chunks
-    block_d = _block_d(cfg.pop("BLOCK_D"), dim, groups, batch, u.device)
+    block_d, seg_len, n_segments = _plan("fwd", cfg.pop("BLOCK_D"), block_l, batch, dim, seqlen, groups, u.device)
     cfg["num_warps"], time_in_thread = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
     out = empty_sequence(u)
     last_state = empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
@@ -515,51 +764,82 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     if seqlen == 0:
         last_state.copy_(initial_state if initial_state is not None else torch.zeros_like(last_state))
         return out, last_state, states
-    init_strides = (initial_state.stride(0), initial_state.stride(1)) if initial_state is not None else (0, 0)
-    grid = (triton.cdiv(dim, block_d), batch)
-    _selective_scan_fwd_kernel[grid](
-        u,
-        delta,
-        A,
-        B,
-        C,
-        D,
-        z,
-        delta_bias,
-        initial_state,
-        out,
-        last_state,
-        states,
-        dim,
-        dstate,
-        seqlen,
-        n_chunks,
-        dim // groups,
-        *u.stride(),
-        *delta.stride(),
-        *_seq_strides(z),
-        A.stride(0),
-        *B_strides,
-        *C_strides,
-        *init_strides,
-        *out.stride(),
+    common = dict(
+        u_ptr=u,
+        delta_ptr=delta,
+        A_ptr=A,
+        B_ptr=B,
+        C_ptr=C,
+        D_ptr=D,
+        z_ptr=z,
+        delta_bias_ptr=delta_bias,
+        out_ptr=out,
+        states_ptr=states,
+        dim=dim,
+        dstate=dstate,
+        seqlen=seqlen,
+        n_chunks=n_chunks,
+        seg_chunks=seg_len // block_l,
+        n_segments=n_segments,
+        channels_per_group=dim // groups,
+        **_strides("u", "bdl", u.stride()),
+        **_strides("delta", "bdl", delta.stride()),
+        **_strides("z", "bdl", _seq_strides(z)),
+        stride_A_d=A.stride(0),
+        **_strides("B", "bgnl", B_strides),
+        **_strides("C", "bgnl", C_strides),
+        **_strides("out", "bdl", out.stride()),
         HAS_D=D is not None,
         HAS_Z=z is not None,
         HAS_DELTA_BIAS=delta_bias is not None,
-        HAS_INITIAL_STATE=initial_state is not None,
         DELTA_SOFTPLUS=delta_softplus,
-        SAVE_STATES=save_states,
         TIME_IN_THREAD=time_in_thread,
         BLOCK_D=block_d,
         BLOCK_N=triton.next_power_of_2(dstate),
         **cfg,
+    )
+    n_blocks = triton.cdiv(dim, block_d)
+    start = initial_state
+    if n_segments > 1:
+        # Pass 1: segments 0 .. K-2 from a zero state -> their end states and sums of dt; the carry turns the end
+        # states (in place) into every segment's start state.
+        start = empty(batch, dim, n_segments, dstate, device=u.device, dtype=torch.float32)
+        dtsum = empty(batch, dim, n_segments, device=u.device, dtype=torch.float32)
+        _selective_scan_fwd_kernel[(n_blocks, batch, n_segments - 1)](
+            start_ptr=None,
+            end_ptr=start,
+            dtsum_ptr=dtsum,
+            seg_offset=0,
+            **_strides("start", "bds", _state_strides(None)),
+            **_strides("end", "bds", _state_strides(start)),
+            HAS_START=False,
+            SAVE_STATES=False,
+            SEGMENT_ENDS=True,
+            **common,
+        )
+        _carry(start, dtsum, A, initial_state, reverse=False)
+    # Pass 2 (or the only pass): every segment from its start state; the last one writes last_state.
+    _selective_scan_fwd_kernel[(n_blocks, batch, n_segments)](
+        start_ptr=start,
+        end_ptr=last_state,
+        dtsum_ptr=None,
+        seg_offset=0,
+        **_strides("start", "bds", _state_strides(start)),
+        **_strides("end", "bds", _state_strides(last_state)),
+        HAS_START=start is not None,
+        SAVE_STATES=save_states,
+        SEGMENT_ENDS=False,
+        **common,
     )
     return out, last_state, states
 
 
 def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, delta_softplus):
     """Launch the backward. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinit), each shaped and typed like
-    its input, or None where the input is None; du, ddelta, dz, dB and dC are channel-last where their input is."""
+    its input, or None where the input is None; du, ddelta, dz, dB and dC are channel-last where their input is.
+
+    One launch, or with segments (see `_plan`) three: pass 1 (each segment's own adjoint at its start), the reverse
+    carry, pass 2."""
     dout, u, delta, B, C, z = sequence_strides(dout, u, delta, B, C, z)
     A, D, delta_bias = unit_stride(A, D, delta_bias)
     dlast = None if dlast is None else dlast.contiguous()
@@ -568,9 +848,11 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
     groups, *B_strides = _split_bc(B)
     _, *C_strides = _split_bc(C)
     cfg = _config("bwd", dstate)
-    block_d = _block_d(cfg.pop("BLOCK_D"), dim, groups, batch, u.device)
-    cfg["num_warps"], time_in_thread = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
     n_chunks = states.shape[2]
+    block_d, seg_len, n_segments = _plan(
+        "bwd", cfg.pop("BLOCK_D"), cfg["BLOCK_L"], batch, dim, seqlen, groups, u.device
+    )
+    cfg["num_warps"], time_in_thread = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
     parts_per_group = triton.cdiv(dim // groups, block_d)
     partials = (
         DBC_REDUCTION == "partials" and 8 * parts_per_group * batch * groups * dstate * seqlen <= PARTIALS_MAX_BYTES
@@ -590,59 +872,88 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
     ddelta_bias = torch.zeros(dim, **f32) if delta_bias is not None else None
     dinit = empty(batch, dim, dstate, **f32) if initial_state is not None else None
     if seqlen > 0:
-        grid = (triton.cdiv(dim, block_d), batch)
-        _selective_scan_bwd_kernel[grid](
-            dout,
-            dlast,
-            u,
-            delta,
-            A,
-            B,
-            C,
-            D,
-            z,
-            delta_bias,
-            states,
-            du,
-            ddelta,
-            dA,
-            dB_parts,
-            dC_parts,
-            dD,
-            dz,
-            ddelta_bias,
-            dinit,
-            dim,
-            dstate,
-            seqlen,
-            n_chunks,
-            dim // groups,
-            parts_per_group,
-            *u.stride(),
-            *delta.stride(),
-            *_seq_strides(z),
-            A.stride(0),
-            *B_strides,
-            *C_strides,
-            *dout.stride(),
-            *du.stride(),
-            *ddelta.stride(),
-            *_seq_strides(dz),
-            dB_parts.stride(0),
-            *_split_bc(dB_parts[0])[1:],
-            dC_parts.stride(0),
-            *_split_bc(dC_parts[0])[1:],
+        common = dict(
+            dout_ptr=dout,
+            u_ptr=u,
+            delta_ptr=delta,
+            A_ptr=A,
+            B_ptr=B,
+            C_ptr=C,
+            D_ptr=D,
+            z_ptr=z,
+            delta_bias_ptr=delta_bias,
+            states_ptr=states,
+            du_ptr=du,
+            ddelta_ptr=ddelta,
+            dA_ptr=dA,
+            dB_ptr=dB_parts,
+            dC_ptr=dC_parts,
+            dD_ptr=dD,
+            dz_ptr=dz,
+            ddelta_bias_ptr=ddelta_bias,
+            dim=dim,
+            dstate=dstate,
+            seqlen=seqlen,
+            n_chunks=n_chunks,
+            seg_chunks=seg_len // cfg["BLOCK_L"],
+            n_segments=n_segments,
+            channels_per_group=dim // groups,
+            parts_per_group=parts_per_group,
+            **_strides("u", "bdl", u.stride()),
+            **_strides("delta", "bdl", delta.stride()),
+            **_strides("z", "bdl", _seq_strides(z)),
+            stride_A_d=A.stride(0),
+            **_strides("B", "bgnl", B_strides),
+            **_strides("C", "bgnl", C_strides),
+            **_strides("dout", "bdl", dout.stride()),
+            **_strides("du", "bdl", du.stride()),
+            **_strides("ddelta", "bdl", ddelta.stride()),
+            **_strides("dz", "bdl", _seq_strides(dz)),
+            **_strides("dB", "pbgnl", (dB_parts.stride(0), *_split_bc(dB_parts[0])[1:])),
+            **_strides("dC", "pbgnl", (dC_parts.stride(0), *_split_bc(dC_parts[0])[1:])),
             HAS_D=D is not None,
             HAS_Z=z is not None,
             HAS_DELTA_BIAS=delta_bias is not None,
-            HAS_DLAST=dlast is not None,
-            HAS_INITIAL_STATE=initial_state is not None,
             DELTA_SOFTPLUS=delta_softplus,
             TIME_IN_THREAD=time_in_thread,
             DBC_PARTIALS=partials,
             BLOCK_D=block_d,
             BLOCK_N=triton.next_power_of_2(dstate),
             **cfg,
+        )
+        n_blocks = triton.cdiv(dim, block_d)
+        dend = dlast
+        if n_segments > 1:
+            # Pass 1: segments 1 .. K-1, adjoint alone from g = 0 after each segment -> what each sends before its
+            # start, a[s_k] g[s_k], and its sum of dt; the reverse carry turns those (in place) into g_next = dL/dh
+            # at every segment's end.
+            dend = empty(batch, dim, n_segments, dstate, **f32)
+            dtsum = empty(batch, dim, n_segments, **f32)
+            _selective_scan_bwd_kernel[(n_blocks, batch, n_segments - 1)](
+                dend_ptr=None,
+                dstart_ptr=dend,
+                dtsum_ptr=dtsum,
+                seg_offset=1,
+                **_strides("dend", "bds", _state_strides(None)),
+                **_strides("dstart", "bds", _state_strides(dend)),
+                HAS_DEND=False,
+                HAS_DSTART=True,
+                SEGMENT_ADJOINT=True,
+                **common,
+            )
+            _carry(dend, dtsum, A, dlast, reverse=True)
+        # Pass 2 (or the only pass): every segment from its g_next; segment 0 writes d initial_state.
+        _selective_scan_bwd_kernel[(n_blocks, batch, n_segments)](
+            dend_ptr=dend,
+            dstart_ptr=dinit,
+            dtsum_ptr=None,
+            seg_offset=0,
+            **_strides("dend", "bds", _state_strides(dend)),
+            **_strides("dstart", "bds", _state_strides(dinit)),
+            HAS_DEND=dend is not None,
+            HAS_DSTART=dinit is not None,
+            SEGMENT_ADJOINT=False,
+            **common,
         )
     elif initial_state is not None:
         dinit.copy_(dlast if dlast is not None else torch.zeros_like(dinit))

@@ -43,23 +43,24 @@ def make_inputs(
 
 def run(fn, inputs, dout, dlast, *, upcast, delta_softplus):
     """Outputs and all input gradients of `fn`, inputs upcast to fp32 when `upcast` (else in their own memory: detach
-    keeps a view's strides, clone would not)."""
+    keeps a view's strides, clone would not). With `dlast` None the loss does not use the last state."""
     leaves = {
         k: (None if v is None else (v.float() if upcast else v).detach().requires_grad_()) for k, v in inputs.items()
     }
     out, last = fn(**leaves, delta_softplus=delta_softplus, return_last_state=True)
-    loss = (out.float() * dout.float()).sum() + (last * dlast).sum()
+    loss = (out.float() * dout.float()).sum() + (0 if dlast is None else (last * dlast).sum())
     present = [k for k in NAMES if leaves[k] is not None]
     grads = dict(zip(present, torch.autograd.grad(loss, [leaves[k] for k in present])))
     return out, last, grads
 
 
-def check(inputs, *, delta_softplus=True, fast_inputs=None, fast_dout=None):
+def check(inputs, *, delta_softplus=True, fast_inputs=None, fast_dout=None, with_dlast=True):
     """The Triton scan on `fast_inputs` (default `inputs`: the same values in another memory layout) against the
-    references on `inputs`: out, last state and every gradient. Returns the Triton path's (out, last, grads)."""
+    references on `inputs`: out, last state and every gradient (of a loss on out and, `with_dlast`, on the last
+    state). Returns the Triton path's (out, last, grads)."""
     u = inputs["u"]
     dout = torch.randn(u.shape).to(u.dtype)
-    dlast = torch.randn(u.shape[0], u.shape[1], inputs["A"].shape[1])
+    dlast = torch.randn(u.shape[0], u.shape[1], inputs["A"].shape[1]) if with_dlast else None
     with kernels.use_triton():
         fast = run(
             kernels.selective_scan,
@@ -276,3 +277,121 @@ def test_scan_copies_only_a_sequence_with_neither_unit_stride(spies):
     u_seen = spies[0].launches[0][0]
     assert u_seen.data_ptr() != views["u"].data_ptr() and u_seen.stride(-1) == 1
     assert spies[0].read_in_place(0, *(views[k] for k in SEQUENCES if k != "u"))
+
+
+# Sequence-parallel (segmented) scan: forced tiny segments so several occur on CPU. Segment boundaries are where the
+# forward's carried start states and the backward's carried adjoints (and the a[t+1] read at a segment's last step)
+# can go wrong; lengths that leave a short last segment and a partial last chunk are the ones to check.
+
+
+@pytest.fixture
+def segments(monkeypatch):
+    """`segments(fwd, bwd, block_l=None)`: force the forward's and the backward's segment lengths (steps), and
+    optionally the chunk length BLOCK_L shared by both directions."""
+
+    def force(fwd, bwd, block_l=None):
+        monkeypatch.setitem(scan.SEGMENT_LEN, "fwd", fwd)
+        monkeypatch.setitem(scan.SEGMENT_LEN, "bwd", bwd)
+        if block_l is not None:
+            configs = {
+                kind: {n: dict(cfg, BLOCK_L=block_l) for n, cfg in table.items()}
+                for kind, table in scan.CONFIGS.items()
+            }
+            monkeypatch.setattr(scan, "CONFIGS", configs)
+
+    return force
+
+
+def count_launches(monkeypatch):
+    """Spies on the three scan kernels; returns {kernel name: LaunchSpy}."""
+    spied = {}
+    for name in ("_selective_scan_fwd_kernel", "_selective_scan_bwd_kernel", "_segment_carry_kernel"):
+        spied[name] = LaunchSpy(getattr(scan, name))
+        monkeypatch.setattr(scan, name, spied[name])
+    return spied
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "seqlen,fwd_len,bwd_len,block_l",
+    [(7, 4, 4, 4), (65, 16, 32, 8), (200, 32, 8, 8)],
+    ids=["7-seg4-bl4", "65-seg16/32", "200-seg32/8"],
+)
+def test_scan_segmented_all_options(monkeypatch, segments, seqlen, fwd_len, bwd_len, block_l, dtype):
+    # 7 steps in segments of 4 (2 each way); 65 = 4 full forward segments + 1 step (3 backward segments, the last a
+    # single partial chunk); 200 = 7 forward segments, 25 one-chunk backward segments.
+    segments(fwd_len, bwd_len, block_l)
+    spied = count_launches(monkeypatch)
+    check(make_inputs(2, 5, seqlen, 16 if seqlen == 200 else 4, dtype))
+    fwd, bwd, carry = (len(s.launches) for s in spied.values())
+    assert (fwd, bwd, carry) == (2, 2, 2), f"expected pass 1 + pass 2 each way and two carries, got {fwd, bwd, carry}"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(has_D=False, has_z=False, has_bias=False, has_init=False),
+        dict(has_D=True, has_z=True, has_bias=True, has_init=True),
+    ],
+    ids=["bare-no-softplus", "all"],
+)
+def test_scan_segmented_without_dlast(segments, options):
+    # No gradient into the last state: the backward's carry starts from zero (and without an initial state the
+    # forward's from zero too).
+    segments(16, 16)
+    inputs = make_inputs(2, 3, 50, 4, torch.float32, **options)
+    softplus = options["has_bias"]
+    if not softplus:  # keep dt > 0 so the system stays stable
+        inputs["delta"] = 0.1 + 0.5 * torch.rand(inputs["delta"].shape)
+    check(inputs, delta_softplus=softplus, with_dlast=False)
+
+
+@pytest.mark.parametrize("reduction", ["atomics", "partials"])
+def test_scan_segmented_grouped(monkeypatch, segments, reduction):
+    monkeypatch.setattr(scan, "DBC_REDUCTION", reduction)
+    segments(16, 8)
+    check(make_inputs(2, 6, 40, 6, torch.bfloat16, groups=3))
+
+
+def test_scan_segmented_channel_last(monkeypatch, segments):
+    # Mixer memory through every launch of both passes, without copies; outputs and gradients channel-last.
+    segments(8, 16)
+    spied = count_launches(monkeypatch)
+    inputs = make_inputs(2, 5, 33, 4, torch.float32)
+    views = mixer_layout(inputs)
+    out, _, grads = check(inputs, fast_inputs=views, fast_dout=channel_last_copy)
+    sequences = [views[k] for k in SEQUENCES]
+    for name in ("_selective_scan_fwd_kernel", "_selective_scan_bwd_kernel"):
+        launches = spied[name]
+        assert len(launches.launches) == 2
+        assert all(launches.read_in_place(i, *sequences) for i in range(2)), f"{name}: an input was copied"
+    assert is_channel_last(out) and all(is_channel_last(grads[k]) for k in SEQUENCES)
+
+
+@pytest.mark.parametrize("kind", ["fwd", "bwd"])
+def test_segment_plan_on_an_h100(monkeypatch, kind):
+    # The automatic choice, for an H100's 132 SMs: model-size batches keep the single-segment grid and its block
+    # shapes (unchanged speed there); batch-1 long sequences get segments at the configured BLOCK_D; short sequences
+    # with a small batch keep the older remedy (a smaller channel block).
+    monkeypatch.setattr(scan, "_num_sms", lambda device: 132)
+    block_d = scan._config(kind, 16)["BLOCK_D"]
+
+    def plan(batch, dim, seqlen, groups=1):
+        return scan._plan(kind, block_d, 8, batch, dim, seqlen, groups, "cuda")
+
+    assert plan(8, 1536, 2048) == (block_d, 2048, 1)
+    assert plan(4, 5120, 2048) == (block_d, 2048, 1)
+    got_block_d, seg_len, n_segments = plan(1, 1536, 65536)
+    assert got_block_d == block_d and n_segments > 1 and seg_len % 8 == 0 and seg_len >= scan.SEGMENT_MIN_LEN
+    assert seg_len * (n_segments - 1) < 65536 <= seg_len * n_segments
+    assert 1536 // block_d * n_segments >= scan.MIN_PROGRAMS_PER_SM * 132
+    assert plan(2, 2048, 16384)[2] > 1
+    assert plan(1, 1536, 1024)[2] == 1 and plan(1, 1536, 1024)[0] < block_d
+    assert plan(1, 1536, 65536, groups=4)[0] == block_d  # 384 channels per group: the block still fits
+
+
+def test_segment_len_must_be_a_multiple_of_the_chunk(segments):
+    segments(12, None)
+    inputs = make_inputs(1, 2, 40, 4, torch.float32)
+    with kernels.use_triton(), torch.no_grad(), pytest.raises(ValueError, match="multiple of BLOCK_L"):
+        kernels.selective_scan(**inputs, delta_softplus=True)
