@@ -97,6 +97,10 @@ MIN_PROGRAMS_PER_SM = 4
 # a length >= seqlen forces the single-segment path.
 SEGMENT_MIN_LEN = 1024
 SEGMENT_PROGRAMS_PER_SM = 32
+# ...and only where at least MIN_SEGMENTS such segments fit: at (1, 1536, 2048) two segments timed 1046 us of GPU time
+# for fwd+bwd against 974 us for the smaller channel blocks of the single-segment grid (and ~0.6 ms more host time per
+# call for the extra launches); at 4096 steps four segments took 1199 us against 1962 (H100, kernels/NOTES.md).
+MIN_SEGMENTS = 4
 SEGMENT_LEN: dict[str, int | None] = {"fwd": None, "bwd": None}
 
 
@@ -664,7 +668,7 @@ def _plan(kind: str, block_d: int, block_l: int, batch: int, dim: int, seqlen: i
     """(BLOCK_D, steps per segment, segments) for one direction ("fwd" or "bwd").
 
     Segments (sequence-parallel scan) when the grid of `batch * dim / BLOCK_D` programs would give fewer than
-    MIN_PROGRAMS_PER_SM per SM and the sequence has room for two SEGMENT_MIN_LEN segments: then as many segments as
+    MIN_PROGRAMS_PER_SM per SM and the sequence has room for MIN_SEGMENTS SEGMENT_MIN_LEN segments: then as many as
     give ~SEGMENT_PROGRAMS_PER_SM programs per SM, at the configured BLOCK_D (one-warp programs with 16 channels keep
     the per-element work cheapest, see kernels/NOTES.md). Otherwise one segment and the channel block shrinks instead
     (the earlier remedy, kept where the sequence is short). `SEGMENT_LEN[kind]` overrides the choice on any device."""
@@ -679,7 +683,7 @@ def _plan(kind: str, block_d: int, block_l: int, batch: int, dim: int, seqlen: i
         seg_len = padded
         sms = _num_sms(device)
         programs = batch * triton.cdiv(dim, full_block_d)
-        if sms and programs < MIN_PROGRAMS_PER_SM * sms and seqlen >= 2 * SEGMENT_MIN_LEN:
+        if sms and programs < MIN_PROGRAMS_PER_SM * sms and seqlen >= MIN_SEGMENTS * SEGMENT_MIN_LEN:
             n_segments = min(triton.cdiv(SEGMENT_PROGRAMS_PER_SM * sms, programs), seqlen // SEGMENT_MIN_LEN)
             seg_len = triton.cdiv(triton.cdiv(seqlen, n_segments), block_l) * block_l
     n_segments = triton.cdiv(padded, seg_len)

@@ -387,6 +387,8 @@ def test_segment_plan_on_an_h100(monkeypatch, kind):
     assert 1536 // block_d * n_segments >= scan.MIN_PROGRAMS_PER_SM * 132
     assert plan(2, 2048, 16384)[2] > 1
     assert plan(1, 1536, 1024)[2] == 1 and plan(1, 1536, 1024)[0] < block_d
+    assert plan(1, 1536, 2048)[2] == 1, "two segments timed slower than smaller channel blocks"
+    assert plan(1, 1536, 4096)[2] >= scan.MIN_SEGMENTS
     assert plan(1, 1536, 65536, groups=4)[0] == block_d  # 384 channels per group: the block still fits
 
 
