@@ -38,9 +38,9 @@ __all__ = ["causal_conv1d"]
 # at unit stride (the mixer's in_proj views): wide channel blocks, short time tiles.
 CONFIGS = {
     "fwd": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4),
-    "bwd": dict(BLOCK_D=32, BLOCK_L=64, num_warps=4),
+    "bwd": dict(BLOCK_D=16, BLOCK_L=64, num_warps=2),
     "fwd_channel_last": dict(BLOCK_D=128, BLOCK_L=16, num_warps=4),
-    "bwd_channel_last": dict(BLOCK_D=16, BLOCK_L=64, num_warps=2),
+    "bwd_channel_last": dict(BLOCK_D=32, BLOCK_L=64, num_warps=4),
 }
 
 
