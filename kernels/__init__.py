@@ -8,6 +8,7 @@ Public ops (sequences are `(batch, dim, seqlen)`, SSM state `(batch, dim, dstate
 * `causal_conv1d(x, weight, bias=None, *, activation, initial_state, return_final_state)`
 * `causal_conv1d_update(x, conv_state, weight, bias=None, *, activation)` (in place)
 * `rms_norm` / `layer_norm(x, weight, bias=None, residual=None, *, eps, prenorm, residual_in_fp32)` (fused add+norm)
+* `cross_entropy_grad_(logits, targets, *, ignore_index)`: per-row NLL, logits overwritten with their gradient
 
 Dispatch lives here and only here. Each call picks a backend:
 
@@ -34,6 +35,7 @@ import torch
 from kernels._checks import check_groups, check_same_device, check_shape, check_tensor
 from kernels._triton_utils import sequence_strides
 from kernels.causal_conv1d import ref as _conv_ref
+from kernels.cross_entropy import ref as _ce_ref
 from kernels.rms_norm import ref as _norm_ref
 from kernels.selective_scan import ref as _scan_ref
 
@@ -41,6 +43,7 @@ __all__ = [
     "KernelUnavailableError",
     "causal_conv1d",
     "causal_conv1d_update",
+    "cross_entropy_grad_",
     "kernel_backend",
     "layer_norm",
     "rms_norm",
@@ -61,6 +64,7 @@ _OPS = {
     "causal_conv1d_update": (_conv_ref.causal_conv1d_update, "kernels.causal_conv1d.step"),
     "rms_norm": (_norm_ref.rms_norm, "kernels.rms_norm.fused"),
     "layer_norm": (_norm_ref.layer_norm, "kernels.rms_norm.fused"),
+    "cross_entropy_grad_": (_ce_ref.cross_entropy_grad_, "kernels.cross_entropy.fused"),
 }
 
 
@@ -374,3 +378,28 @@ def layer_norm(
     return fn(
         _contiguous(x), weight, bias, _contiguous(residual), eps=eps, prenorm=prenorm, residual_in_fp32=residual_in_fp32
     )
+
+
+def cross_entropy_grad_(logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100) -> torch.Tensor:
+    """Softmax cross-entropy per row, and its gradient written over the logits (in place, no autograd).
+
+    Args:
+        logits: `[N, V]`, any float dtype, unit stride along V; overwritten with `softmax - onehot(target)` (zeros
+            in rows whose target is `ignore_index`), i.e. the gradient of `nats.sum()`.
+        targets: `[N]` integer ids in `[0, V)` or `ignore_index`.
+
+    Returns:
+        `nats` `[N]` fp32: `logsumexp(logits[r]) - logits[r, targets[r]]`, 0 for ignored rows.
+    """
+    check_tensor("logits", logits, 2)
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 1:
+        raise ValueError(f"targets must be a 1-D tensor of ids, got {getattr(targets, 'shape', type(targets))}")
+    if targets.shape[0] != logits.shape[0] or targets.is_floating_point():
+        raise ValueError(f"targets must be integer ids of shape ({logits.shape[0]},), got {targets.dtype} "
+                         f"{tuple(targets.shape)}")  # fmt: skip
+    check_same_device("logits", logits, targets=targets)
+    if logits.stride(-1) != 1:  # a copy would take the gradient away from the caller's tensor
+        raise ValueError(f"logits must have unit stride along V (the gradient is written in place), got strides "
+                         f"{logits.stride()}")  # fmt: skip
+    fn = _implementation("cross_entropy_grad_", logits.device)
+    return fn(logits, targets.contiguous(), ignore_index=ignore_index)

@@ -7,22 +7,34 @@ chunk is scored, and since the loss is a scalar, its gradients with respect to t
 weight are formed in the same pass (`softmax - onehot`, two matmuls) and kept instead (the size of the hidden states
 and of the weight). The backward then only scales them by the incoming gradient.
 
-The FLOPs are those of the unfused head (one matmul forward, two backward), done in the forward.
+The FLOPs are those of the unfused head (one matmul forward, two backward), done in the forward. The softmax and its
+gradient are one kernel per chunk (`kernels.cross_entropy_grad_`: two reads and one write of the logits in their own
+dtype, in place).
 """
 
 from __future__ import annotations
 
 import torch
 
+import kernels
+
 __all__ = ["linear_token_nll"]
 
-DEFAULT_CHUNK_ROWS = 2048  # [2048, 50280] fp32 logits: 0.4 GB at a time
+DEFAULT_CHUNK_ROWS = 2048  # [2048, 50280] bf16 logits: 0.2 GB at a time
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(t.device.type):
         return torch.get_autocast_dtype(t.device.type)
     return t.dtype
+
+
+def _chunk_nats(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Summed NLL of a chunk without its gradient (evaluation): fp32 logsumexp minus the target's logit."""
+    logits = logits.float()
+    scored = targets != ignore_index
+    target = torch.where(scored, targets, 0)[:, None]
+    return ((torch.logsumexp(logits, dim=-1) - logits.gather(1, target).squeeze(1)) * scored).sum()
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -37,20 +49,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, h.shape[0], chunk_rows):
                 rows = slice(start, start + chunk_rows)
-                logits = (h[rows] @ w.t()).float()  # [c, V]
-                scored = targets[rows] != ignore_index
-                target = torch.where(scored, targets[rows], 0)[:, None]  # [c, 1], any valid index where unscored
-                lse = torch.logsumexp(logits, dim=-1)  # [c]
-                nats += ((lse - logits.gather(1, target).squeeze(1)) * scored).sum()
+                logits = h[rows] @ w.t()  # [c, V] in the compute dtype
                 if not (want_dh or want_dw):
+                    nats += _chunk_nats(logits, targets[rows], ignore_index)
                     continue
-                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place: d nats / d logits = probs - onehot
-                probs.scatter_add_(1, target, -scored[:, None].float())
-                grad_logits = (probs * scored[:, None]).to(dtype)  # unscored rows contribute nothing
+                # Row losses, and the logits overwritten with d nats / d logits = softmax - onehot (kernels/).
+                nats += kernels.cross_entropy_grad_(logits, targets[rows], ignore_index=ignore_index).sum()
                 if want_dh:
-                    torch.mm(grad_logits, w, out=dh[rows])
+                    torch.mm(logits, w, out=dh[rows])
                 if want_dw:
-                    dw += grad_logits.t() @ h[rows]
+                    dw += logits.t() @ h[rows]
         ctx.save_for_backward(dh, dw)
         return nats
 
@@ -83,7 +91,7 @@ def linear_token_nll(
         hidden: `[..., D]` final hidden states.
         weight: `[V, D]` LM head (e.g. the tied embedding).
         targets: `[...]` int64 token ids, `ignore_index` where nothing is scored.
-        chunk_rows: rows scored at a time; peak extra memory is about `chunk_rows * V * 6` bytes.
+        chunk_rows: rows scored at a time; peak extra memory is about `chunk_rows * V` logits (fp32 when evaluating).
 
     Returns:
         `(nats, count)`: 0-dim fp32 sum over scored targets (differentiable), 0-dim int64 count.

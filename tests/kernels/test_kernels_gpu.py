@@ -256,3 +256,20 @@ def test_torch_compile_inductor_fullgraph(channel_last):
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
     for a, b in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_cross_entropy_grad_at_lm_head_size():
+    # One chunk of the fused LM head: 2048 rows of a padded 50280-token vocabulary, bf16 logits.
+    from kernels.cross_entropy import fused as ce_fused
+    from kernels.cross_entropy import ref as ce_ref
+
+    torch.manual_seed(0)
+    logits = (4 * torch.randn(2048, 50280, device="cuda")).bfloat16()
+    targets = torch.randint(0, 50277, (2048,), device="cuda")
+    targets[::7] = -100
+    got_grad, lowp_grad, fp32_grad = logits.clone(), logits.clone(), logits.float()
+    nats = ce_fused.cross_entropy_grad_(got_grad, targets)
+    lowp = ce_ref.cross_entropy_grad_(lowp_grad, targets)
+    fp32 = ce_ref.cross_entropy_grad_(fp32_grad, targets)
+    assert_close("nats", nats, lowp, fp32)
+    assert_close("grad", got_grad, lowp_grad, fp32_grad)

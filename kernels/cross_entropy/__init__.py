@@ -1,0 +1,1 @@
+"""Softmax cross-entropy with its gradient in one pass over the logits: `ref.py` (PyTorch spec), `fused.py` (Triton)."""
