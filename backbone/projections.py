@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["channel_major_matrix", "from_channel_major", "in_projection", "out_projection"]
+__all__ = ["channel_major_matrix", "compute_dtype", "from_channel_major", "in_projection", "out_projection"]
 
 
 def channel_major_matrix(seq: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,8 @@ def from_channel_major(matrix: torch.Tensor, batch: int) -> torch.Tensor:
     return matrix.unflatten(1, (batch, -1)).transpose(0, 1)
 
 
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul on `t` runs in: the autocast dtype of `t`'s device when autocast is on, else `t.dtype`."""
     device_type = t.device.type
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
@@ -49,7 +50,7 @@ class _InProjection(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
         batch, seqlen, d_model = hidden.shape
         d_inner = weight.shape[0] // 2
-        dtype = _compute_dtype(hidden)
+        dtype = compute_dtype(hidden)
         rows = hidden.reshape(batch * seqlen, d_model).to(dtype)  # [B L, D]
         w = weight.to(dtype)
         with torch.autocast(hidden.device.type, enabled=False):
@@ -81,7 +82,7 @@ class _OutProjection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
         batch, _, seqlen = y.shape
-        dtype = _compute_dtype(y)
+        dtype = compute_dtype(y)
         y_rows = channel_major_matrix(y).to(dtype)  # [d_inner, B L]
         w = weight.to(dtype)
         with torch.autocast(y.device.type, enabled=False):

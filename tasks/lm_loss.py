@@ -17,16 +17,11 @@ from __future__ import annotations
 import torch
 
 import kernels
+from backbone.projections import compute_dtype
 
 __all__ = ["linear_token_nll"]
 
 DEFAULT_CHUNK_ROWS = 2048  # [2048, 50280] bf16 logits: 0.2 GB at a time
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(t.device.type):
-        return torch.get_autocast_dtype(t.device.type)
-    return t.dtype
 
 
 def _chunk_nats(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -40,7 +35,7 @@ def _chunk_nats(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, ignore_index: int, chunk_rows: int):
-        dtype = _compute_dtype(hidden)
+        dtype = compute_dtype(hidden)
         h, w = hidden.to(dtype), weight.to(dtype)  # [N, D], [V, D]
         want_dh, want_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         nats = torch.zeros((), device=hidden.device, dtype=torch.float32)
