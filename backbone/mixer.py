@@ -108,10 +108,15 @@ class MambaMixer(nn.Module):
         they are kept, and recomputed only when a parameter changes (an optimizer step or a load bumps the tensor's
         version; a `.to()` gives a new tensor)."""
         params = (self.A_log, self.D, self.dt_proj.bias)
+
+        def compute():
+            return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
+
+        if any(p.is_inference() for p in params):  # made under torch.inference_mode: no version counter to watch
+            return compute()
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         if getattr(self, "_decode_key", None) != key:
-            self._decode_cache = (-torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float())
-            self._decode_key = key
+            self._decode_cache, self._decode_key = compute(), key
         return self._decode_cache
 
     @torch.no_grad()

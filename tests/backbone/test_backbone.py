@@ -136,3 +136,14 @@ def test_decode_constants_follow_parameter_updates():
         stepped = torch.stack([model.step(hidden[:, t], cache) for t in range(6)], dim=1)
     torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(torch.stack(first, dim=1), stepped)
+
+
+def test_decoding_a_model_built_under_inference_mode():
+    # Parameters created under torch.inference_mode have no version counter; decoding must still work (and match).
+    with torch.inference_mode():
+        model = MambaBackbone(small_config()).eval()
+        hidden = torch.randn(2, 5, 32)
+        full = model(hidden)
+        cache = model.allocate_cache(batch=2)
+        stepped = torch.stack([model.step(hidden[:, t], cache) for t in range(5)], dim=1)
+    torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-5)
