@@ -110,7 +110,8 @@ class DecodeGraph:
 
     The graph reads and writes `cache`'s tensors in place, so the cache must stay the same object (fill it with
     `copy_`, clear it with `reset()`). Capturing runs the step a few times, which changes the cache: build the graph
-    before pre-filling. The returned logits tensor is overwritten by the next call.
+    before pre-filling. The returned logits tensor is overwritten by the next call. The graph also holds each mixer's
+    decode constants (`-exp(A_log)`, D, dt bias) as computed at capture: build a new graph after changing weights.
     """
 
     def __init__(self, model: MambaLM, cache: MambaCache, warmup: int = 3) -> None:
