@@ -90,8 +90,9 @@ def empty_sequence(
     sees the strides the kernels produce."""
     shape = (*lead, *like.shape)
     k = len(lead)
-    order = None if channel_last(like) else _dense_memory_order(like)
-    if channel_last(like):  # memory order: lead, batch, seqlen, the middle axes
+    is_channel_last = channel_last(like)
+    order = None if is_channel_last else _dense_memory_order(like)
+    if is_channel_last:  # memory order: lead, batch, seqlen, the middle axes
         middle = list(range(k + 2, len(shape)))
         out = like.new_empty(*shape[: k + 1], shape[-1], *shape[k + 1 : -1], dtype=dtype)
         out = out.permute(*range(k + 1), *middle, k + 1)
