@@ -174,7 +174,7 @@ def segment_note(shape) -> str:
     for kind in ("fwd", "bwd"):
         cfg = scan._config(kind, dstate)
         block_d, seg_len, n_segments = scan._plan(
-            kind, cfg["BLOCK_D"], scan._config("bwd", dstate)["BLOCK_L"], batch, dim, seqlen, 1, torch.device("cuda")
+            kind, cfg["BLOCK_D"], cfg["BLOCK_L"], batch, dim, seqlen, 1, torch.device("cuda")
         )
         if n_segments > 1:
             parts.append(f"{kind} {n_segments} x {seg_len} (BLOCK_D {block_d})")

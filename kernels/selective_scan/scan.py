@@ -31,6 +31,12 @@ recomputes the chunk's forward states from the saved chunk-start state, scans th
     dD       += sum_t dy u                             d initial_state = a[0] * g[0]
     ddelta    = ddt * sigmoid(delta + delta_bias)      (with softplus)
 
+How the backward is laid out (kernels/NOTES.md, v8): every tile is 3-D `[BLOCK_L, BLOCK_D, BLOCK_N]` (time inside each
+thread, channels then states over the lanes); sequences and B/C are loaded through pointers repeated over the axis
+they lack, so loads land in the compute layout; the adjoint's reverse scan is a forward scan of the flipped chunk
+(`_adjoint_from`). The forward saves a state every forward chunk; the backward may use shorter chunks (SAVE_EVERY
+of them per saved state) and carries a saved state over the chunks before it.
+
 Long sequences: segments. The grid above has only `batch * dim / BLOCK_D` programs, each walking the whole sequence:
 at (1, 1536, 65536) that is 96 one-warp programs for 132 SMs. When the grid would leave the GPU underfilled, time is
 also cut into segments of `S` steps (a multiple of BLOCK_L, so chunk indices stay global) and each kernel gets a third
@@ -75,11 +81,11 @@ __all__ = ["selective_scan"]
 
 _LOG2E = 1.4426950408889634
 
-# Block shapes, chosen per dstate on an H100 (see kernels/NOTES.md). BLOCK_L is also the interval at which the forward
-# saves states for the backward, so the forward and the backward share it.
+# Block shapes, chosen per dstate on an H100 (see kernels/NOTES.md, v8). The forward's BLOCK_L is also the interval at
+# which it saves states for the backward; the backward's BLOCK_L must divide it (by a power of two, see _save_every).
 CONFIGS: dict[str, dict[int, dict[str, int]]] = {
-    "fwd": {16: dict(BLOCK_D=16, BLOCK_L=8, num_warps=1), 64: dict(BLOCK_D=4, BLOCK_L=8, num_warps=1)},
-    "bwd": {16: dict(BLOCK_D=8, BLOCK_L=8, num_warps=1), 64: dict(BLOCK_D=2, BLOCK_L=8, num_warps=1)},
+    "fwd": {16: dict(BLOCK_D=8, BLOCK_L=8, num_warps=1), 64: dict(BLOCK_D=4, BLOCK_L=8, num_warps=1)},
+    "bwd": {16: dict(BLOCK_D=4, BLOCK_L=4, num_warps=1), 64: dict(BLOCK_D=2, BLOCK_L=8, num_warps=1)},
 }
 # dB/dC are sums over channels: fp32 atomics into one buffer ("atomics"), or per-program partial slices summed by
 # PyTorch afterwards ("partials", which fall back to atomics above PARTIALS_MAX_BYTES of scratch). Both timed the same
@@ -87,8 +93,10 @@ CONFIGS: dict[str, dict[int, dict[str, int]]] = {
 DBC_REDUCTION = "atomics"
 PARTIALS_MAX_BYTES = 2 << 30
 # Programs per SM below which the grid counts as underfilled: a long enough sequence is then cut into segments (see
-# the module docstring), else the channel block shrinks (down to 2) to make more programs.
-MIN_PROGRAMS_PER_SM = 4
+# the module docstring), else the channel block shrinks (down to 2) to make more programs. 8: an SM holds 8-12 of
+# these one-warp programs at once (160-255 registers each); the backward's 4-channel blocks at (2, 2048, 16384) are
+# 1024 programs, under one wave, and ran no faster than the old kernel until this was raised from 4.
+MIN_PROGRAMS_PER_SM = 8
 # Segmented (sequence-parallel) scan: segments are at least SEGMENT_MIN_LEN steps, and as many as give about
 # SEGMENT_PROGRAMS_PER_SM programs per SM. The pass-2 kernels hold ~240 registers per thread, so only ~8 one-warp
 # programs fit on an SM at once; on an H100 the time was flat for 2-6 waves of those (segments of 1024-3000 steps at
@@ -117,13 +125,6 @@ def _scan_combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _adjoint_combine(a1, b1, a2, b2):
-    # The adjoint's maps g -> b + a * g_next composed in time order, the later step (a2, b2) applied first:
-    # g = b1 + a1 * (b2 + a2 * g_next). Folding a chunk with it gives the map from g after the chunk to g at its start.
-    return a1 * a2, b1 + a1 * b2
-
-
-@triton.jit
 def _pick_last(a, b):
     # With tl.reduce over an axis held inside each thread (the time axis here), this folds in order: the last element.
     return b
@@ -136,8 +137,25 @@ def _pick_first(a, b):
 
 @triton.jit
 def _softplus(x):
-    # torch.nn.functional.softplus with its default threshold of 20.
-    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))), x)
+    # torch.nn.functional.softplus with its default threshold of 20, on the hardware exp2/log2 (MUFU ops):
+    # log(1 + e^x) = log2(1 + 2^(x log2 e)) ln 2. tl.exp/tl.log compiled to ~3x the instructions.
+    return tl.where(x <= 20.0, tl.log2(1.0 + tl.exp2(tl.minimum(x, 20.0) * 1.4426950408889634)) * 0.6931471805599453, x)
+
+
+@triton.jit
+def _softplus_and_slope(x):
+    # softplus(x) and its derivative sigmoid(x) = e^x / (1 + e^x), sharing the exponential.
+    e = tl.exp2(tl.minimum(x, 20.0) * 1.4426950408889634)
+    one_plus = 1.0 + e
+    softplus = tl.where(x <= 20.0, tl.log2(one_plus) * 0.6931471805599453, x)
+    return softplus, tl.fdiv(e, one_plus, ieee_rounding=False)
+
+
+@triton.jit
+def _sigmoid(x):
+    # tl.sigmoid divides with IEEE rounding (a dozen instructions and a slow path); the approximate division is one
+    # reciprocal and a multiply, well inside the bf16/fp32 tolerances of the gradients it feeds.
+    return tl.fdiv(1.0, 1.0 + tl.exp2(-x * 1.4426950408889634), ieee_rounding=False)
 
 
 @triton.jit
@@ -296,7 +314,7 @@ def _selective_scan_fwd_kernel(
                 y += Dv[None, :] * u
             if HAS_Z:
                 zt = tl.load(z_cols + t64 * stride_z_l, mask=mask_td, other=0.0).to(tl.float32)
-                y *= zt * tl.sigmoid(zt)
+                y *= zt * _sigmoid(zt)
             tl.store(out_cols + t64 * stride_out_l, y.to(out_ptr.dtype.element_ty), mask=mask_td)
 
     end_ptrs = end_ptr + pid_b * stride_end_b + offs_d64[None, :] * stride_end_d + offs_n[:, None]
@@ -358,6 +376,64 @@ def _segment_carry_kernel(
 
 
 @triton.jit
+def _states_from(decay, inp, h_start, l3):
+    # h[t] = decay[t] h[t-1] + inp[t] over a chunk (axis 0) from h[-1] = h_start: the start state enters as part of the
+    # first step's input, so only the scan's second component is used and the running products of the decays are
+    # never formed (they compile away).
+    inp = inp + tl.where(l3 == 0, decay * h_start, 0.0)
+    return tl.associative_scan((decay, inp), axis=0, combine_fn=_scan_combine)[1]
+
+
+@triton.jit
+def _adjoint_from(decay_next, x, g_after, l3):
+    # g[t] = decay_next[t] g[t+1] + x[t] over a chunk (axis 0) from g[BLOCK_L] = g_after, as a forward scan of the
+    # time-reversed chunk. tl.flip of an axis held inside each thread is a renaming of registers, while Triton 3.6's
+    # `associative_scan(..., reverse=True)` compiled to ~640 warp shuffles per chunk (72% of this kernel's shuffles;
+    # kernels/NOTES.md, v8).
+    x = x + tl.where(l3 == x.shape[0] - 1, decay_next * g_after, 0.0)
+    g = tl.associative_scan((tl.flip(decay_next, 0), tl.flip(x, 0)), axis=0, combine_fn=_scan_combine)[1]
+    return tl.flip(g, 0)
+
+
+@triton.jit
+def _seq_load(ptrs, mask):
+    # ptrs [BLOCK_L, BLOCK_D, N_LANES] repeat one [BLOCK_L, BLOCK_D, 1] tile of a sequence over the last axis (a zero
+    # offset), so the load gets the compute tiles' layout; folding that axis with _pick_first keeps each thread's own
+    # copy (its shuffles have unused results and compile away). Returns the tile, fp32, [BLOCK_L, BLOCK_D, 1].
+    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    return tl.reduce(x, 2, _pick_first, keep_dims=True)
+
+
+@triton.jit
+def _seq_store(ptrs, value, mask):
+    # The inverse of _seq_load: value [BLOCK_L, BLOCK_D, 1] through ptrs [BLOCK_L, BLOCK_D, N_LANES], written by the
+    # first copy only.
+    copy = tl.arange(0, ptrs.shape[2])[None, None, :]
+    value = tl.broadcast_to(value, ptrs.shape).to(ptrs.dtype.element_ty)
+    tl.store(ptrs, value, mask=mask & (copy == 0))
+
+
+@triton.jit
+def _bc_load(ptrs, mask):
+    # B/C tiles: ptrs [BLOCK_L, BLOCK_D, BLOCK_N] repeat [BLOCK_L, 1, BLOCK_N] over the channels. Returns fp32
+    # [BLOCK_L, 1, BLOCK_N].
+    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    return tl.reduce(x, 1, _pick_first, keep_dims=True)
+
+
+@triton.jit
+def _bc_accumulate(ptrs, value, mask, PARTIALS: tl.constexpr):
+    # dB/dC: value [BLOCK_L, 1, BLOCK_N] (this program's sum over its channels) into fp32 ptrs [BLOCK_L, BLOCK_D,
+    # BLOCK_N] that repeat one [BLOCK_L, BLOCK_N] tile over the channels; the first channel's copy writes.
+    copy = tl.arange(0, ptrs.shape[1])[None, :, None]
+    value = tl.broadcast_to(value, ptrs.shape)
+    if PARTIALS:
+        tl.store(ptrs, value, mask=mask & (copy == 0))
+    else:
+        tl.atomic_add(ptrs, value, mask=mask & (copy == 0), sem="relaxed")
+
+
+@triton.jit(do_not_specialize=["stride_states_n"])
 def _selective_scan_bwd_kernel(
     dout_ptr,
     dend_ptr,
@@ -384,6 +460,7 @@ def _selective_scan_bwd_kernel(
     dstate,
     seqlen,
     n_chunks,
+    n_saved,
     seg_chunks,
     seg_offset,
     n_segments,
@@ -435,6 +512,7 @@ def _selective_scan_bwd_kernel(
     stride_dstart_b,
     stride_dstart_d,
     stride_dstart_s,
+    stride_states_n,
     HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr,
     HAS_DELTA_BIAS: tl.constexpr,
@@ -442,11 +520,12 @@ def _selective_scan_bwd_kernel(
     HAS_DSTART: tl.constexpr,
     DELTA_SOFTPLUS: tl.constexpr,
     SEGMENT_ADJOINT: tl.constexpr,
-    TIME_IN_THREAD: tl.constexpr,
     DBC_PARTIALS: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    N_LANES: tl.constexpr,
+    SAVE_EVERY: tl.constexpr,
 ):
     # Program (channel block, batch, segment): steps [t_lo, t_hi) (chunks [seg * seg_chunks, ...)) in reverse, from
     # g_next = dL/dh[t_hi - 1] through the steps after the segment, read from dend_ptr (zero without HAS_DEND). The
@@ -457,8 +536,17 @@ def _selective_scan_bwd_kernel(
     #     writes a[t_lo] g[t_lo] to dstart_ptr (batch, dim, segments, dstate) and the segment's sum of dt to dtsum_ptr.
     # dend/dstart are fp32 `(batch, dim, [segments,] dstate)` with unit stride on dstate (segment stride 0: one tensor).
     #
-    # Same time-major tiles and strided (time-major or channel-last) sequences as the forward: [BLOCK_L, BLOCK_N,
-    # BLOCK_D]. The gradients du/ddelta/dz/dB/dC have their own strides (the launcher lays each out like its input).
+    # Every tensor is 3-D over [BLOCK_L, BLOCK_D, BLOCK_N] (time, channel, state), with size 1 on the axes it does not
+    # have: a sequence is [BLOCK_L, BLOCK_D, 1], B/C [BLOCK_L, 1, BLOCK_N], a state [1, BLOCK_D, BLOCK_N]. Sums over
+    # states or channels keep their axis. Sequences and B/C are loaded and stored through pointers repeated over the
+    # missing axis (_seq_load, _bc_load, ...): that makes the memory operations take the layout of the compute tiles
+    # (time inside each thread, channels then states over the lanes), where [BLOCK_L, BLOCK_D] pointers got a layout
+    # of their own and every load and store went through a layout conversion: 13 per chunk, ~640 of the ~890 warp
+    # shuffles per chunk that bound this kernel (kernels/NOTES.md, v8). N_LANES is the lanes over the states.
+    # Every state-shaped fp32 tensor (A, the saved states, dend/dstart, dA) has unit stride on the states, but is
+    # addressed through stride_states_n = 1, which is not specialised: a known unit stride would give those loads
+    # 4 consecutive states per thread, a layout of their own, and the compiler then recomputed the exp2s and both
+    # scans in a second layout (measured: 2-3x the shuffles and MUFU ops of the kernel's own arithmetic).
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     seg = tl.program_id(2) + seg_offset
@@ -466,170 +554,182 @@ def _selective_scan_bwd_kernel(
     chunk_hi = tl.minimum(chunk_lo + seg_chunks, n_chunks)
     t_lo = chunk_lo * BLOCK_L
     t_hi = tl.minimum(chunk_hi * BLOCK_L, seqlen)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
-    offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    offs_l = tl.arange(0, BLOCK_L)  # [BLOCK_L]
-    mask_d = offs_d < dim
-    mask_n = offs_n < dstate
-    mask_nd = mask_n[:, None] & mask_d[None, :]  # [BLOCK_N, BLOCK_D]
-    offs_d64 = offs_d.to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    d3 = offs_d.to(tl.int64)[None, :, None]  # [1, BLOCK_D, 1]
+    n3 = offs_n[None, None, :]  # [1, 1, BLOCK_N]
+    l3 = tl.arange(0, BLOCK_L)[:, None, None]  # [BLOCK_L, 1, 1]
+    mask_d3 = (offs_d < dim)[None, :, None]
+    mask_n3 = (offs_n < dstate)[None, None, :]
+    mask_nd = mask_n3 & mask_d3  # [1, BLOCK_D, BLOCK_N]
+    over_lanes = tl.zeros([1, 1, N_LANES], dtype=tl.int64)  # pointer offsets repeating a sequence tile
+    over_channels = tl.zeros([1, BLOCK_D, 1], dtype=tl.int64)  # ... and a B/C tile
     group = (pid_d * BLOCK_D) // channels_per_group
 
-    A = tl.load(A_ptr + offs_d64[None, :] * stride_A_d + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634  # [BLOCK_N, BLOCK_D]
+    A = tl.load(A_ptr + d3 * stride_A_d + n3 * stride_states_n, mask=mask_nd, other=0.0)  # [1, BLOCK_D, BLOCK_N]
+    A = A.to(tl.float32)
+    A2 = A * 1.4426950408889634
     if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        Dv = tl.load(D_ptr + d3, mask=mask_d3, other=0.0).to(tl.float32)  # [1, BLOCK_D, 1]
     if HAS_DELTA_BIAS:
-        bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        bias = tl.load(delta_bias_ptr + d3, mask=mask_d3, other=0.0).to(tl.float32)
 
-    u_cols = u_ptr + pid_b * stride_u_b + offs_d64[None, :] * stride_u_d  # [1, BLOCK_D]
-    delta_cols = delta_ptr + pid_b * stride_delta_b + offs_d64[None, :] * stride_delta_d
-    dout_cols = dout_ptr + pid_b * stride_dout_b + offs_d64[None, :] * stride_dout_d
-    du_cols = du_ptr + pid_b * stride_du_b + offs_d64[None, :] * stride_du_d
-    ddelta_cols = ddelta_ptr + pid_b * stride_ddelta_b + offs_d64[None, :] * stride_ddelta_d
+    u_cols = u_ptr + pid_b * stride_u_b + d3 * stride_u_d + over_lanes  # [1, BLOCK_D, N_LANES]
+    delta_cols = delta_ptr + pid_b * stride_delta_b + d3 * stride_delta_d + over_lanes
+    dout_cols = dout_ptr + pid_b * stride_dout_b + d3 * stride_dout_d + over_lanes
+    du_cols = du_ptr + pid_b * stride_du_b + d3 * stride_du_d + over_lanes
+    ddelta_cols = ddelta_ptr + pid_b * stride_ddelta_b + d3 * stride_ddelta_d + over_lanes
     if HAS_Z:
-        z_cols = z_ptr + pid_b * stride_z_b + offs_d64[None, :] * stride_z_d
-        dz_cols = dz_ptr + pid_b * stride_dz_b + offs_d64[None, :] * stride_dz_d
-    B_cols = B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n[None, :] * stride_B_n  # [1, BLOCK_N]
-    C_cols = C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n[None, :] * stride_C_n
+        z_cols = z_ptr + pid_b * stride_z_b + d3 * stride_z_d + over_lanes
+        dz_cols = dz_ptr + pid_b * stride_dz_b + d3 * stride_dz_d + over_lanes
+    B_cols = B_ptr + pid_b * stride_B_b + group * stride_B_g + n3 * stride_B_n + over_channels  # [1, BLOCK_D, BLOCK_N]
+    C_cols = C_ptr + pid_b * stride_C_b + group * stride_C_g + n3 * stride_C_n + over_channels
     # dB/dC are fp32 (parts_per_group, batch, groups, dstate, seqlen) with partials (this program's own slice, summed
     # afterwards), else (batch, groups, dstate, seqlen) with a part stride of 0.
     part = (pid_d % parts_per_group).to(tl.int64) if DBC_PARTIALS else 0
-    dB_cols = dB_ptr + part * stride_dB_p + pid_b * stride_dB_b + group * stride_dB_g + offs_n[None, :] * stride_dB_n
-    dC_cols = dC_ptr + part * stride_dC_p + pid_b * stride_dC_b + group * stride_dC_g + offs_n[None, :] * stride_dC_n
+    dB_cols = dB_ptr + part * stride_dB_p + pid_b * stride_dB_b + group * stride_dB_g + n3 * stride_dB_n + over_channels
+    dC_cols = dC_ptr + part * stride_dC_p + pid_b * stride_dC_b + group * stride_dC_g + n3 * stride_dC_n + over_channels
+    states_cols = states_ptr + (pid_b * dim + d3) * n_saved * dstate + n3 * stride_states_n  # [1, BLOCK_D, BLOCK_N]
 
     if HAS_DEND:
-        dend_ptrs = dend_ptr + pid_b * stride_dend_b + offs_d64[None, :] * stride_dend_d + offs_n[:, None]
+        dend_ptrs = dend_ptr + pid_b * stride_dend_b + d3 * stride_dend_d + n3 * stride_states_n
         g_next = tl.load(dend_ptrs + seg * stride_dend_s, mask=mask_nd, other=0.0).to(tl.float32)  # dL/dh[t_hi - 1]
     else:
-        g_next = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
+        g_next = tl.zeros([1, BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dA_acc = tl.zeros([1, BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dD_acc = tl.zeros([1, BLOCK_D, 1], dtype=tl.float32)
+    dbias_acc = tl.zeros([1, BLOCK_D, 1], dtype=tl.float32)
+    dt_sum = tl.zeros([1, BLOCK_D, 1], dtype=tl.float32)
 
     for i in range(0, chunk_hi - chunk_lo):
         chunk = chunk_hi - 1 - i
-        t = chunk * BLOCK_L + offs_l  # [BLOCK_L]
-        t64 = t.to(tl.int64)[:, None]  # [BLOCK_L, 1]
+        t = chunk * BLOCK_L + l3  # [BLOCK_L, 1, 1]
+        t64 = t.to(tl.int64)  # time offsets are strided (channel-last) and may pass 2^31
         mask_t = t < seqlen
-        mask_td = mask_t[:, None] & mask_d[None, :]  # [BLOCK_L, BLOCK_D]
-        mask_td1 = ((t + 1) < t_hi)[:, None] & mask_d[None, :]  # a[t+1] inside this segment
-        mask_tn = mask_t[:, None] & mask_n[None, :]  # [BLOCK_L, BLOCK_N]
+        mask_td = mask_t & mask_d3  # [BLOCK_L, BLOCK_D, 1]
+        mask_td1 = ((t + 1) < t_hi) & mask_d3  # a[t+1] inside this segment
+        mask_tn = mask_t & mask_n3  # [BLOCK_L, 1, BLOCK_N]
 
-        dt_next = tl.load(delta_cols + (t64 + 1) * stride_delta_l, mask=mask_td1, other=0.0).to(tl.float32)
+        dt_next = _seq_load(delta_cols + (t64 + 1) * stride_delta_l, mask_td1)  # [BLOCK_L, BLOCK_D, 1]
         if HAS_DELTA_BIAS:
-            dt_next += bias[None, :]
+            dt_next += bias
         if DELTA_SOFTPLUS:
             dt_next = _softplus(dt_next)
         dt_next = tl.where(mask_td1, dt_next, 0.0)
-        Ct = tl.load(C_cols + t64 * stride_C_l, mask=mask_tn, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_N]
-        dout = tl.load(dout_cols + t64 * stride_dout_l, mask=mask_td, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_D]
+        Ct = _bc_load(C_cols + t64 * stride_C_l, mask_tn)  # [BLOCK_L, 1, BLOCK_N]
+        dout = _seq_load(dout_cols + t64 * stride_dout_l, mask_td)
         if HAS_Z:
-            zt = tl.load(z_cols + t64 * stride_z_l, mask=mask_td, other=0.0).to(tl.float32)
-            sig_z = tl.sigmoid(zt)
-        decay_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])  # [BLOCK_L, BLOCK_N, BLOCK_D]
+            zt = _seq_load(z_cols + t64 * stride_z_l, mask_td)
+            sig_z = _sigmoid(zt)
+        decay_next = tl.exp2(dt_next * A2)  # [BLOCK_L, BLOCK_D, BLOCK_N]
 
         if SEGMENT_ADJOINT:
             # g at the chunk's start only: fold the chunk's maps g -> C dy + a[t+1] g (no prefixes needed).
-            dt_sum += tl.sum(dt_next, axis=0)  # dt[t_lo + 1 .. t_hi - 1]; dt[t_lo] is added at the end
+            dt_sum += tl.sum(dt_next, axis=0, keep_dims=True)  # dt[t_lo + 1 .. t_hi - 1]; dt[t_lo] is added at the end
             dy = dout
             if HAS_Z:
                 dy = dout * zt * sig_z
-            x = dy[:, None, :] * Ct[:, :, None]  # [BLOCK_L, BLOCK_N, BLOCK_D]
-            if TIME_IN_THREAD:
-                chunk_decay, chunk_x = tl.reduce((decay_next, x), 0, _adjoint_combine)  # [BLOCK_N, BLOCK_D]
-                g_next = chunk_x + chunk_decay * g_next
-            else:
-                run_decay_next, run_x = tl.associative_scan(
-                    (decay_next, x), axis=0, combine_fn=_scan_combine, reverse=True
-                )
-                g = run_x + run_decay_next * g_next[None, :, :]
-                g_next = tl.sum(tl.where(offs_l[:, None, None] == 0, g, 0.0), axis=0)
+            g = _adjoint_from(decay_next, dy * Ct, g_next, l3)  # [BLOCK_L, BLOCK_D, BLOCK_N]
+            g_next = tl.sum(tl.where(l3 == 0, g, 0.0), axis=0, keep_dims=True)
         else:
-            u = tl.load(u_cols + t64 * stride_u_l, mask=mask_td, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_D]
-            dt_raw = tl.load(delta_cols + t64 * stride_delta_l, mask=mask_td, other=0.0).to(tl.float32)
+            u = _seq_load(u_cols + t64 * stride_u_l, mask_td)  # [BLOCK_L, BLOCK_D, 1]
+            dt_raw = _seq_load(delta_cols + t64 * stride_delta_l, mask_td)
             if HAS_DELTA_BIAS:
-                dt_raw += bias[None, :]
+                dt_raw += bias
             if DELTA_SOFTPLUS:
-                dt = _softplus(dt_raw)
+                dt, dt_slope = _softplus_and_slope(dt_raw)
             else:
                 dt = dt_raw
             dt = tl.where(mask_td, dt, 0.0)
-            Bt = tl.load(B_cols + t64 * stride_B_l, mask=mask_tn, other=0.0).to(tl.float32)  # [BLOCK_L, BLOCK_N]
+            Bt = _bc_load(B_cols + t64 * stride_B_l, mask_tn)  # [BLOCK_L, 1, BLOCK_N]
 
-            # Recompute the chunk's forward states from the saved chunk-start state.
-            chunk_offs = ((pid_b * dim + offs_d64[None, :]) * n_chunks + chunk) * dstate + offs_n[:, None]
-            h0 = tl.load(states_ptr + chunk_offs, mask=mask_nd, other=0.0)  # [BLOCK_N, BLOCK_D]
-            decay = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [BLOCK_L, BLOCK_N, BLOCK_D]
-            dtu = dt * u  # [BLOCK_L, BLOCK_D]
-            inp = dtu[:, None, :] * Bt[:, :, None]  # [BLOCK_L, BLOCK_N, BLOCK_D]
-            run_decay, run_inp = tl.associative_scan((decay, inp), axis=0, combine_fn=_scan_combine)
-            hs = run_inp + run_decay * h0[None, :, :]  # [BLOCK_L, BLOCK_N, BLOCK_D]
+            # Recompute the chunk's forward states from its start state: the forward saved one state per SAVE_EVERY
+            # of these chunks, so a chunk inside such an interval first carries the saved state over the chunks
+            # before it (an extra forward fold over half the steps on average, at SAVE_EVERY = 2).
+            h0 = tl.load(states_cols + (chunk // SAVE_EVERY) * dstate, mask=mask_nd, other=0.0)  # [1, BLOCK_D, BLOCK_N]
+            if SAVE_EVERY > 1:
+                for j in tl.static_range(SAVE_EVERY - 1):
+                    before = (chunk // SAVE_EVERY) * SAVE_EVERY + j
+                    if before < chunk:
+                        t_b = before * BLOCK_L + l3
+                        t_b64 = t_b.to(tl.int64)
+                        mask_b = (t_b < seqlen) & mask_d3
+                        dt_b = _seq_load(delta_cols + t_b64 * stride_delta_l, mask_b)
+                        if HAS_DELTA_BIAS:
+                            dt_b += bias
+                        if DELTA_SOFTPLUS:
+                            dt_b = _softplus(dt_b)
+                        dt_b = tl.where(mask_b, dt_b, 0.0)
+                        u_b = _seq_load(u_cols + t_b64 * stride_u_l, mask_b)
+                        B_b = _bc_load(B_cols + t_b64 * stride_B_l, (t_b < seqlen) & mask_n3)
+                        hs_b = _states_from(tl.exp2(dt_b * A2), dt_b * u_b * B_b, h0, l3)
+                        h0 = tl.sum(tl.where(l3 == BLOCK_L - 1, hs_b, 0.0), axis=0, keep_dims=True)
+            decay = tl.exp2(dt * A2)  # [BLOCK_L, BLOCK_D, BLOCK_N]
+            dtu = dt * u  # [BLOCK_L, BLOCK_D, 1]
+            inp = dtu * Bt  # [BLOCK_L, BLOCK_D, BLOCK_N]
+            hs = _states_from(decay, inp, h0, l3)  # [BLOCK_L, BLOCK_D, BLOCK_N]
 
             dy = dout
             if HAS_Z:
-                y = tl.sum(hs * Ct[:, :, None], axis=1)  # [BLOCK_L, BLOCK_D]
+                y = tl.sum(hs * Ct, axis=2, keep_dims=True)  # [BLOCK_L, BLOCK_D, 1]
                 if HAS_D:
-                    y += Dv[None, :] * u
+                    y += Dv * u
                 dz = dout * y * sig_z * (1.0 + zt * (1.0 - sig_z))
-                tl.store(dz_cols + t64 * stride_dz_l, dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
+                _seq_store(dz_cols + t64 * stride_dz_l, dz, mask_td)
                 dy = dout * zt * sig_z
             if HAS_D:
-                dD_acc += tl.sum(dy * u, axis=0)
+                dD_acc += tl.sum(dy * u, axis=0, keep_dims=True)
 
             # Adjoint: reverse scan over (a[t+1], C[t] * dy[t]), then the carry from the next chunk.
-            x = dy[:, None, :] * Ct[:, :, None]  # [BLOCK_L, BLOCK_N, BLOCK_D]
-            run_decay_next, run_x = tl.associative_scan((decay_next, x), axis=0, combine_fn=_scan_combine, reverse=True)
-            g = run_x + run_decay_next * g_next[None, :, :]  # [BLOCK_L, BLOCK_N, BLOCK_D]
-            if TIME_IN_THREAD:
-                g_next = tl.reduce(g, 0, _pick_first)  # [BLOCK_N, BLOCK_D], dL/dh at the chunk's start
-            else:
-                g_next = tl.sum(tl.where(offs_l[:, None, None] == 0, g, 0.0), axis=0)
+            x = dy * Ct  # [BLOCK_L, BLOCK_D, BLOCK_N]
+            g = _adjoint_from(decay_next, x, g_next, l3)  # [BLOCK_L, BLOCK_D, BLOCK_N]
+            # dL/dh at the chunk's start, [1, BLOCK_D, BLOCK_N]. (Not an ordered in-thread pick: the loads decide
+            # these tiles' layouts, and with fp32 inputs the time axis spans two lanes.)
+            g_next = tl.sum(tl.where(l3 == 0, g, 0.0), axis=0, keep_dims=True)
 
-            gB = tl.sum(g * Bt[:, :, None], axis=1)  # [BLOCK_L, BLOCK_D]
+            gB = tl.sum(g * Bt, axis=2, keep_dims=True)  # [BLOCK_L, BLOCK_D, 1]
             du = dt * gB
             if HAS_D:
-                du += Dv[None, :] * dy
-            tl.store(du_cols + t64 * stride_du_l, du.to(du_ptr.dtype.element_ty), mask=mask_td)
-            g_ah = g * (hs - inp)  # g * a[t] * h[t-1], [BLOCK_L, BLOCK_N, BLOCK_D]
-            dA_acc += tl.sum(g_ah * dt[:, None, :], axis=0)
-            ddt = tl.sum(g_ah * A[None, :, :], axis=1) + u * gB  # [BLOCK_L, BLOCK_D]
+                du += Dv * dy
+            _seq_store(du_cols + t64 * stride_du_l, du, mask_td)
+            g_ah = g * (hs - inp)  # g * a[t] * h[t-1], [BLOCK_L, BLOCK_D, BLOCK_N]
+            dA_acc += tl.sum(g_ah * dt, axis=0, keep_dims=True)
+            ddt = tl.sum(g_ah * A, axis=2, keep_dims=True) + u * gB  # [BLOCK_L, BLOCK_D, 1]
             if DELTA_SOFTPLUS:
-                ddt = ddt * tl.sigmoid(dt_raw)
+                ddt = ddt * dt_slope
             ddt = tl.where(mask_td, ddt, 0.0)
-            dbias_acc += tl.sum(ddt, axis=0)
-            tl.store(ddelta_cols + t64 * stride_ddelta_l, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_td)
+            dbias_acc += tl.sum(ddt, axis=0, keep_dims=True)
+            _seq_store(ddelta_cols + t64 * stride_ddelta_l, ddt, mask_td)
 
-            dB = tl.sum(g * dtu[:, None, :], axis=2)  # [BLOCK_L, BLOCK_N]
-            dC = tl.sum(hs * dy[:, None, :], axis=2)  # [BLOCK_L, BLOCK_N]
-            if DBC_PARTIALS:
-                tl.store(dB_cols + t64 * stride_dB_l, dB, mask=mask_tn)
-                tl.store(dC_cols + t64 * stride_dC_l, dC, mask=mask_tn)
-            else:
-                tl.atomic_add(dB_cols + t64 * stride_dB_l, dB, mask=mask_tn, sem="relaxed")
-                tl.atomic_add(dC_cols + t64 * stride_dC_l, dC, mask=mask_tn, sem="relaxed")
+            dB = tl.sum(g * dtu, axis=1, keep_dims=True)  # [BLOCK_L, 1, BLOCK_N]
+            dC = tl.sum(hs * dy, axis=1, keep_dims=True)
+            _bc_accumulate(dB_cols + t64 * stride_dB_l, dB, mask_tn, DBC_PARTIALS)
+            _bc_accumulate(dC_cols + t64 * stride_dC_l, dC, mask_tn, DBC_PARTIALS)
 
     if not SEGMENT_ADJOINT:
-        tl.atomic_add(dA_ptr + offs_d64[None, :] * dstate + offs_n[:, None], dA_acc, mask=mask_nd, sem="relaxed")
+        tl.atomic_add(dA_ptr + d3 * dstate + n3 * stride_states_n, dA_acc, mask=mask_nd, sem="relaxed")
         if HAS_D:
-            tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d, sem="relaxed")
+            tl.atomic_add(dD_ptr + d3, dD_acc, mask=mask_d3, sem="relaxed")
         if HAS_DELTA_BIAS:
-            tl.atomic_add(ddelta_bias_ptr + offs_d, dbias_acc, mask=mask_d, sem="relaxed")
+            tl.atomic_add(ddelta_bias_ptr + d3, dbias_acc, mask=mask_d3, sem="relaxed")
     if SEGMENT_ADJOINT or HAS_DSTART:
         # d h[t_lo - 1] = a[t_lo] * g[t_lo]; g_next now holds g[t_lo].
-        dt0 = tl.load(delta_cols + t_lo.to(tl.int64) * stride_delta_l, mask=mask_d[None, :], other=0.0)
-        dt0 = dt0.to(tl.float32)  # [1, BLOCK_D]
+        dt0 = tl.load(
+            delta_ptr + pid_b * stride_delta_b + d3 * stride_delta_d + t_lo.to(tl.int64) * stride_delta_l,
+            mask=mask_d3,
+            other=0.0,
+        )
+        dt0 = dt0.to(tl.float32)  # [1, BLOCK_D, 1]
         if HAS_DELTA_BIAS:
-            dt0 += bias[None, :]
+            dt0 += bias
         if DELTA_SOFTPLUS:
             dt0 = _softplus(dt0)
-        dstart = tl.exp2(dt0 * A2) * g_next  # [BLOCK_N, BLOCK_D]
-        dstart_ptrs = dstart_ptr + pid_b * stride_dstart_b + offs_d64[None, :] * stride_dstart_d + offs_n[:, None]
+        dstart = tl.exp2(dt0 * A2) * g_next  # [1, BLOCK_D, BLOCK_N]
+        dstart_ptrs = dstart_ptr + pid_b * stride_dstart_b + d3 * stride_dstart_d + n3 * stride_states_n
         if SEGMENT_ADJOINT:
             tl.store(dstart_ptrs + seg * stride_dstart_s, dstart, mask=mask_nd)
-            dt_sum += tl.sum(dt0, axis=0)
-            tl.store(dtsum_ptr + (pid_b * dim + offs_d64) * n_segments + seg, dt_sum, mask=mask_d)
+            dt_sum += dt0
+            tl.store(dtsum_ptr + (pid_b * dim + d3) * n_segments + seg, dt_sum, mask=mask_d3)
         else:
             tl.store(dstart_ptrs, dstart, mask=mask_nd & (seg == 0))
 
@@ -641,6 +741,13 @@ def _num_warps(num_warps: int, block_n: int, block_d: int) -> tuple[int, bool]:
     while num_warps > 1 and 32 * num_warps > block_n * block_d:
         num_warps //= 2
     return num_warps, 32 * num_warps <= block_n * block_d
+
+
+def _lanes_over_states(num_warps: int, block_n: int, block_d: int) -> int:
+    """Lanes over the states in the backward's [BLOCK_L, BLOCK_D, BLOCK_N] tiles, as the loads lay them out (the
+    channels take the lanes first, then the states): how many copies `_seq_load` repeats a sequence tile into. Only
+    speed depends on it; any power of two gives the same results."""
+    return max(1, min(block_n, 32 * num_warps // block_d))
 
 
 def _num_sms(device: torch.device) -> int | None:
@@ -718,7 +825,16 @@ def _strides(name: str, axes: str, strides) -> dict[str, int]:
 
 
 def _n_chunks(seqlen: int, dstate: int) -> int:
-    return triton.cdiv(max(seqlen, 1), _config("bwd", dstate)["BLOCK_L"])
+    """Chunk-start states the forward saves: one per forward chunk."""
+    return triton.cdiv(max(seqlen, 1), _config("fwd", dstate)["BLOCK_L"])
+
+
+def _save_every(dstate: int) -> int:
+    """Backward chunks per saved state: the forward's BLOCK_L over the backward's (a whole power of two)."""
+    fwd_l, bwd_l = _config("fwd", dstate)["BLOCK_L"], _config("bwd", dstate)["BLOCK_L"]
+    if fwd_l % bwd_l or (fwd_l // bwd_l) & (fwd_l // bwd_l - 1):
+        raise ValueError(f"the forward's BLOCK_L ({fwd_l}) must be a power-of-two multiple of the backward's ({bwd_l})")
+    return fwd_l // bwd_l
 
 
 def _carry(x: torch.Tensor, dtsum: torch.Tensor, A: torch.Tensor, h0: torch.Tensor | None, reverse: bool) -> None:
@@ -757,9 +873,8 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     groups, *B_strides = _split_bc(B)
     _, *C_strides = _split_bc(C)
     cfg = _config("fwd", dstate)
-    block_l = _config("bwd", dstate)["BLOCK_L"]
+    block_l = cfg["BLOCK_L"]  # also the interval of the saved states (see _save_every)
     n_chunks = _n_chunks(seqlen, dstate)
-    cfg["BLOCK_L"] = block_l  # the saved chunk-start states must line up with the backward's chunks
     block_d, seg_len, n_segments = _plan("fwd", cfg.pop("BLOCK_D"), block_l, batch, dim, seqlen, groups, u.device)
     cfg["num_warps"], time_in_thread = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
     out = empty_sequence(u)
@@ -852,11 +967,13 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
     groups, *B_strides = _split_bc(B)
     _, *C_strides = _split_bc(C)
     cfg = _config("bwd", dstate)
-    n_chunks = states.shape[2]
+    save_every = _save_every(dstate)
+    n_saved = states.shape[2]
+    n_chunks = triton.cdiv(max(seqlen, 1), cfg["BLOCK_L"])
     block_d, seg_len, n_segments = _plan(
         "bwd", cfg.pop("BLOCK_D"), cfg["BLOCK_L"], batch, dim, seqlen, groups, u.device
     )
-    cfg["num_warps"], time_in_thread = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
+    cfg["num_warps"], _ = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
     parts_per_group = triton.cdiv(dim // groups, block_d)
     partials = (
         DBC_REDUCTION == "partials" and 8 * parts_per_group * batch * groups * dstate * seqlen <= PARTIALS_MAX_BYTES
@@ -899,6 +1016,7 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
             dstate=dstate,
             seqlen=seqlen,
             n_chunks=n_chunks,
+            n_saved=n_saved,
             seg_chunks=seg_len // cfg["BLOCK_L"],
             n_segments=n_segments,
             channels_per_group=dim // groups,
@@ -919,10 +1037,12 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
             HAS_Z=z is not None,
             HAS_DELTA_BIAS=delta_bias is not None,
             DELTA_SOFTPLUS=delta_softplus,
-            TIME_IN_THREAD=time_in_thread,
             DBC_PARTIALS=partials,
+            stride_states_n=1,
             BLOCK_D=block_d,
             BLOCK_N=triton.next_power_of_2(dstate),
+            N_LANES=_lanes_over_states(cfg["num_warps"], triton.next_power_of_2(dstate), block_d),
+            SAVE_EVERY=save_every,
             **cfg,
         )
         n_blocks = triton.cdiv(dim, block_d)

@@ -327,6 +327,31 @@ def test_scan_segmented_all_options(monkeypatch, segments, seqlen, fwd_len, bwd_
     assert (fwd, bwd, carry) == (2, 2, 2), f"expected pass 1 + pass 2 each way and two carries, got {fwd, bwd, carry}"
 
 
+@pytest.mark.parametrize("fwd_l,bwd_l", [(8, 8), (8, 4), (8, 2), (4, 4)], ids=["save-every-1", "2", "4", "bl4"])
+@pytest.mark.parametrize("seqlen,bwd_len", [(1, None), (37, None), (61, 12)], ids=["1", "37", "61-seg12"])
+def test_scan_saved_states_every_few_backward_chunks(monkeypatch, segments, fwd_l, bwd_l, seqlen, bwd_len):
+    # The forward saves one state per its own chunk; a backward with shorter chunks carries each saved state forward
+    # over the chunks in between (SAVE_EVERY > 1), also inside a segment that starts mid-interval (61 steps in
+    # backward segments of 12 at bwd BLOCK_L 4 or 2: segment starts 12, 24, 36, 48 fall inside 8-step intervals).
+    configs = {kind: {n: dict(cfg) for n, cfg in table.items()} for kind, table in scan.CONFIGS.items()}
+    for cfg in configs["fwd"].values():
+        cfg["BLOCK_L"] = fwd_l
+    for cfg in configs["bwd"].values():
+        cfg["BLOCK_L"] = bwd_l
+    monkeypatch.setattr(scan, "CONFIGS", configs)
+    if bwd_len is not None:
+        segments(None, bwd_len if bwd_len % bwd_l == 0 else bwd_l * 3)
+    check(make_inputs(2, 5, seqlen, 16, torch.float32))
+
+
+def test_scan_save_interval_must_be_a_power_of_two_multiple(monkeypatch):
+    configs = {kind: {n: dict(cfg) for n, cfg in table.items()} for kind, table in scan.CONFIGS.items()}
+    configs["fwd"][16]["BLOCK_L"], configs["bwd"][16]["BLOCK_L"] = 8, 16
+    monkeypatch.setattr(scan, "CONFIGS", configs)
+    with pytest.raises(ValueError, match="power-of-two multiple"):
+        scan._save_every(16)
+
+
 @pytest.mark.parametrize(
     "options",
     [
