@@ -396,6 +396,18 @@ def _adjoint_from(decay_next, x, g_after, l3):
 
 
 @triton.jit
+def _load_dt(ptrs, mask, bias, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr):
+    # A [BLOCK_L, BLOCK_D, 1] tile of dt = softplus(delta + delta_bias) (each part optional) through _seq_load's
+    # repeated pointers, 0 where mask is off (padding steps: decay 1, input 0).
+    dt = _seq_load(ptrs, mask)
+    if HAS_DELTA_BIAS:
+        dt += bias
+    if DELTA_SOFTPLUS:
+        dt = _softplus(dt)
+    return tl.where(mask, dt, 0.0)
+
+
+@triton.jit
 def _seq_load(ptrs, mask):
     # ptrs [BLOCK_L, BLOCK_D, N_LANES] repeat one [BLOCK_L, BLOCK_D, 1] tile of a sequence over the last axis (a zero
     # offset), so the load gets the compute tiles' layout; folding that axis with _pick_first keeps each thread's own
@@ -573,6 +585,8 @@ def _selective_scan_bwd_kernel(
         Dv = tl.load(D_ptr + d3, mask=mask_d3, other=0.0).to(tl.float32)  # [1, BLOCK_D, 1]
     if HAS_DELTA_BIAS:
         bias = tl.load(delta_bias_ptr + d3, mask=mask_d3, other=0.0).to(tl.float32)
+    else:
+        bias = 0.0
 
     u_cols = u_ptr + pid_b * stride_u_b + d3 * stride_u_d + over_lanes  # [1, BLOCK_D, N_LANES]
     delta_cols = delta_ptr + pid_b * stride_delta_b + d3 * stride_delta_d + over_lanes
@@ -610,12 +624,7 @@ def _selective_scan_bwd_kernel(
         mask_td1 = ((t + 1) < t_hi) & mask_d3  # a[t+1] inside this segment
         mask_tn = mask_t & mask_n3  # [BLOCK_L, 1, BLOCK_N]
 
-        dt_next = _seq_load(delta_cols + (t64 + 1) * stride_delta_l, mask_td1)  # [BLOCK_L, BLOCK_D, 1]
-        if HAS_DELTA_BIAS:
-            dt_next += bias
-        if DELTA_SOFTPLUS:
-            dt_next = _softplus(dt_next)
-        dt_next = tl.where(mask_td1, dt_next, 0.0)
+        dt_next = _load_dt(delta_cols + (t64 + 1) * stride_delta_l, mask_td1, bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
         Ct = _bc_load(C_cols + t64 * stride_C_l, mask_tn)  # [BLOCK_L, 1, BLOCK_N]
         dout = _seq_load(dout_cols + t64 * stride_dout_l, mask_td)
         if HAS_Z:
@@ -654,12 +663,9 @@ def _selective_scan_bwd_kernel(
                         t_b = before * BLOCK_L + l3
                         t_b64 = t_b.to(tl.int64)
                         mask_b = (t_b < seqlen) & mask_d3
-                        dt_b = _seq_load(delta_cols + t_b64 * stride_delta_l, mask_b)
-                        if HAS_DELTA_BIAS:
-                            dt_b += bias
-                        if DELTA_SOFTPLUS:
-                            dt_b = _softplus(dt_b)
-                        dt_b = tl.where(mask_b, dt_b, 0.0)
+                        dt_b = _load_dt(
+                            delta_cols + t_b64 * stride_delta_l, mask_b, bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS
+                        )
                         u_b = _seq_load(u_cols + t_b64 * stride_u_l, mask_b)
                         B_b = _bc_load(B_cols + t_b64 * stride_B_l, (t_b < seqlen) & mask_n3)
                         hs_b = _states_from(tl.exp2(dt_b * A2), dt_b * u_b * B_b, h0, l3)
