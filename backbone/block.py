@@ -27,14 +27,37 @@ class AddNorm(nn.Module):
         )
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: zero a whole `[B, ...]` sample's branch with probability p in training, scale the rest.
+
+    The branch is the block's mixer output, so a dropped sequence passes the block on its residual alone.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, branch: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return branch
+        keep = 1.0 - self.p
+        mask = branch.new_empty((branch.shape[0],) + (1,) * (branch.dim() - 1)).bernoulli_(keep)
+        return branch * (mask / keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.3f}"
+
+
 class MambaBlock(nn.Module):
-    def __init__(self, config: MambaConfig) -> None:
+    def __init__(self, config: MambaConfig, layer_idx: int = 0) -> None:
         super().__init__()
         self.residual_in_fp32 = config.residual_in_fp32
         self.norm = AddNorm(config.d_model, rms=config.rms_norm, eps=config.norm_epsilon)
         self.mixer = MambaMixer(config)
         # Identity when unused, so inference and the public checkpoints pay nothing for it.
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        rate = config.drop_path_rate(layer_idx)
+        self.drop_path = DropPath(rate) if rate > 0 else nn.Identity()
 
     def _add_norm(self, hidden, residual):
         return self.norm(hidden, residual, prenorm=True, residual_in_fp32=self.residual_in_fp32)
@@ -49,7 +72,7 @@ class MambaBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`hidden`, `residual`: `[B, L, D]` (residual None in the first block) -> (mixer output, new residual)."""
         normed, residual = self._add_norm(hidden, residual)
-        return self.dropout(self.mixer(normed, cache, continuing=continuing)), residual
+        return self.drop_path(self.dropout(self.mixer(normed, cache, continuing=continuing))), residual
 
     def step(self, hidden: torch.Tensor, residual: torch.Tensor | None, cache: LayerCache):
         """Decoding: `[B, D]` tensors, same contract as `forward`."""

@@ -30,6 +30,9 @@ class MambaConfig:
             checkpoints use 0). Small corpora such as tinyshakespeare need it.
         mixer_dropout: dropout inside each mixer on the convolution's output, the input of both the SSM and the
             x_proj that makes its step sizes and B/C (training only; 0 in the public checkpoints).
+        drop_path: stochastic depth. In training, block i's whole mixer output is dropped for a random subset of the
+            batch's sequences with probability `drop_path * i / (n_layer - 1)` (0 for the first block, `drop_path` for
+            the last), the rest scaled by 1 / (1 - p), so a sequence sees a random shallower stack (training only).
     """
 
     d_model: int = 768
@@ -51,6 +54,7 @@ class MambaConfig:
     rescale_prenorm_residual: bool = True
     dropout: float = 0.0
     mixer_dropout: float = 0.0
+    drop_path: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_layer", "d_state", "expand"):
@@ -60,11 +64,15 @@ class MambaConfig:
             raise ValueError(f"MambaConfig.d_conv must be >= 2, got {self.d_conv}")
         if isinstance(self.dt_rank, str) and self.dt_rank != "auto":
             raise ValueError(f"MambaConfig.dt_rank must be a positive int or 'auto', got {self.dt_rank!r}")
-        for name in ("dropout", "mixer_dropout"):
+        for name in ("dropout", "mixer_dropout", "drop_path"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"MambaConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"MambaConfig needs 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+
+    def drop_path_rate(self, layer_idx: int) -> float:
+        """Stochastic-depth probability of block `layer_idx`: linear in depth, from 0 to `drop_path`."""
+        return self.drop_path * layer_idx / max(1, self.n_layer - 1)
 
     @property
     def d_inner(self) -> int:

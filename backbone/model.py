@@ -25,7 +25,7 @@ class MambaBackbone(nn.Module):
     def __init__(self, config: MambaConfig) -> None:
         super().__init__()
         self.config = config
-        self.layers = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layer))
+        self.layers = nn.ModuleList(MambaBlock(config, i) for i in range(config.n_layer))
         self.norm_f = AddNorm(config.d_model, rms=config.rms_norm, eps=config.norm_epsilon)
         self.gradient_checkpointing = False
         init_backbone_(self, config)

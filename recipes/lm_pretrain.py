@@ -106,6 +106,7 @@ class ModelConfig:
     expand: int = 2
     dropout: float = 0.0  # on the embeddings, each block's mixer output and the final hidden states
     mixer_dropout: float = 0.0  # inside each mixer, on the convolution's output (the SSM's input)
+    drop_path: float = 0.0  # stochastic depth: the last block's rate, 0 for the first, linear in between
 
 
 @dataclass

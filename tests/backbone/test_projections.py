@@ -105,3 +105,24 @@ def test_mixer_dropout_is_active_in_training_only():
     torch.testing.assert_close(evaluated, linear_mixer_forward(mixer, hidden))
     with pytest.raises(ValueError, match="mixer_dropout"):
         MambaConfig(mixer_dropout=1.0)
+
+
+def test_drop_path_drops_whole_sequences_in_training_only():
+    from backbone.block import MambaBlock
+
+    config = MambaConfig(d_model=8, n_layer=3, d_state=4, drop_path=0.5)
+    assert [config.drop_path_rate(i) for i in range(3)] == [0.0, 0.25, 0.5]
+    torch.manual_seed(0)
+    block = MambaBlock(config, layer_idx=2)
+    hidden = torch.randn(64, 5, 8)
+    with torch.no_grad():
+        trained, _ = block(hidden)
+        block.eval()
+        evaluated, _ = block(hidden)
+    # Each sequence's branch is either all zeros or the eval output scaled by 1 / (1 - 0.5).
+    dropped = trained.flatten(1).abs().amax(dim=1) == 0
+    assert 0 < int(dropped.sum()) < 64, "expected some, not all, of 64 sequences dropped at p=0.5"
+    torch.testing.assert_close(trained[~dropped], 2 * evaluated[~dropped])
+    assert isinstance(MambaBlock(config, layer_idx=0).drop_path, torch.nn.Identity)
+    with pytest.raises(ValueError, match="drop_path"):
+        MambaConfig(drop_path=1.0)
