@@ -15,7 +15,6 @@ ever transposed (`backbone/projections.py` says why).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import kernels
@@ -123,9 +122,10 @@ class MambaMixer(nn.Module):
     def step(self, hidden: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """One decoding step: `hidden` `[B, D]` -> `[B, D]`; updates `cache` in place."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # [B, d_inner] each
-        x = kernels.causal_conv1d_update(x, cache.conv_state, self._conv_weight, self.conv1d.bias, activation="silu")
-        dt, B, C = self._split_projection(self.x_proj(x))
-        dt = F.linear(dt, self.dt_proj.weight)
         A, D, dt_bias = self._decode_constants()
-        y = kernels.selective_state_update(cache.ssm_state, x, dt, A, B, C, D, z, dt_bias, dt_softplus=True)
+        # Conv step, x_proj, dt_proj and SSM step in one op: two kernels on the Triton path (launch-bound at batch 1).
+        y = kernels.mixer_step(
+            x, z, cache.conv_state, cache.ssm_state, self._conv_weight, self.conv1d.bias,
+            self.x_proj.weight, self.dt_proj.weight, A, D, dt_bias,
+        )  # fmt: skip
         return self.out_proj(y)

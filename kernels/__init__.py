@@ -7,6 +7,8 @@ Public ops (sequences are `(batch, dim, seqlen)`, SSM state `(batch, dim, dstate
 * `selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, *, dt_softplus)` (in place)
 * `causal_conv1d(x, weight, bias=None, *, activation, initial_state, return_final_state)`
 * `causal_conv1d_update(x, conv_state, weight, bias=None, *, activation)` (in place)
+* `mixer_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias)`:
+  a Mamba-1 mixer's decode step between in_proj and out_proj (conv step, x_proj, dt_proj, SSM step; in place)
 * `rms_norm` / `layer_norm(x, weight, bias=None, residual=None, *, eps, prenorm, residual_in_fp32)` (fused add+norm)
 * `cross_entropy_grad_(logits, targets, *, ignore_index)`: per-row NLL, logits overwritten with their gradient
 
@@ -36,6 +38,7 @@ from kernels._checks import check_groups, check_same_device, check_shape, check_
 from kernels._triton_utils import sequence_strides
 from kernels.causal_conv1d import ref as _conv_ref
 from kernels.cross_entropy import ref as _ce_ref
+from kernels.mixer_step import ref as _mixer_step_ref
 from kernels.rms_norm import ref as _norm_ref
 from kernels.selective_scan import ref as _scan_ref
 
@@ -46,6 +49,7 @@ __all__ = [
     "cross_entropy_grad_",
     "kernel_backend",
     "layer_norm",
+    "mixer_step",
     "rms_norm",
     "selective_scan",
     "selective_state_update",
@@ -62,6 +66,7 @@ _OPS = {
     "selective_state_update": (_scan_ref.selective_state_update, "kernels.selective_scan.step"),
     "causal_conv1d": (_conv_ref.causal_conv1d, "kernels.causal_conv1d.conv"),
     "causal_conv1d_update": (_conv_ref.causal_conv1d_update, "kernels.causal_conv1d.step"),
+    "mixer_step": (_mixer_step_ref.mixer_step, "kernels.mixer_step.fused"),
     "rms_norm": (_norm_ref.rms_norm, "kernels.rms_norm.fused"),
     "layer_norm": (_norm_ref.layer_norm, "kernels.rms_norm.fused"),
     "cross_entropy_grad_": (_ce_ref.cross_entropy_grad_, "kernels.cross_entropy.fused"),
@@ -326,6 +331,73 @@ def causal_conv1d_update(
     check_same_device("x", x, conv_state=conv_state, weight=weight, bias=bias)
     fn = _implementation("causal_conv1d_update", x.device)
     return fn(x, conv_state, weight, bias, activation="silu" if activation in ("silu", "swish") else None)
+
+
+def mixer_step(
+    x: torch.Tensor,
+    z: torch.Tensor | None,
+    conv_state: torch.Tensor,
+    ssm_state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    x_proj_weight: torch.Tensor,
+    dt_proj_weight: torch.Tensor,
+    A: torch.Tensor,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One decoding step of a Mamba-1 mixer between in_proj and out_proj; updates both states in place.
+
+    Math in `kernels/mixer_step/ref.py`: conv step + SiLU, x_proj, dt_proj, SSM step (softplus step size, D skip,
+    SiLU(z) gate). On the Triton path two kernels instead of the unfused ops' five launches.
+
+    x, z: `(batch, dim)`, the halves of in_proj's output; conv_state `(batch, dim, state_len >= width - 1)`;
+    ssm_state `(batch, dim, dstate)` fp32; conv_weight `(dim, width)`; conv_bias, D, dt_bias `(dim,)`;
+    x_proj_weight `(dt_rank + 2 * dstate, dim)`; dt_proj_weight `(dim, dt_rank)`; A `(dim, dstate)`.
+    Returns out `(batch, dim)` in x's dtype.
+    """
+    check_tensor("x", x, 2)
+    batch, dim = x.shape
+    check_tensor("z", z, 2, optional=True)
+    check_shape("z", z, (batch, dim))
+    check_tensor("conv_weight", conv_weight, 2)
+    width = conv_weight.shape[1]
+    if conv_weight.shape[0] != dim or width < 2:
+        raise ValueError(f"conv_weight must have shape (dim={dim}, width>=2), got {tuple(conv_weight.shape)}")
+    check_tensor("conv_state", conv_state, 3)
+    if conv_state.shape[:2] != (batch, dim) or conv_state.shape[2] < width - 1:
+        raise ValueError(
+            f"conv_state must have shape (batch={batch}, dim={dim}, >= width-1={width - 1}), "
+            f"got {tuple(conv_state.shape)}"
+        )
+    check_tensor("ssm_state", ssm_state, 3)
+    if ssm_state.shape[:2] != (batch, dim) or ssm_state.dtype != torch.float32:
+        raise ValueError(
+            f"ssm_state must be float32 of shape (batch={batch}, dim={dim}, dstate), "
+            f"got {ssm_state.dtype} {tuple(ssm_state.shape)}"
+        )
+    for name, state in (("conv_state", conv_state), ("ssm_state", ssm_state)):
+        if state.stride(-1) != 1:
+            raise ValueError(f"{name} must have last-dim stride 1 (it is updated in place)")
+    dstate = ssm_state.shape[2]
+    check_tensor("dt_proj_weight", dt_proj_weight, 2)
+    if dt_proj_weight.shape[0] != dim:
+        raise ValueError(f"dt_proj_weight must have shape (dim={dim}, dt_rank), got {tuple(dt_proj_weight.shape)}")
+    dt_rank = dt_proj_weight.shape[1]
+    check_tensor("x_proj_weight", x_proj_weight, 2)
+    check_shape("x_proj_weight", x_proj_weight, (dt_rank + 2 * dstate, dim))
+    check_tensor("A", A, 2)
+    check_shape("A", A, (dim, dstate))
+    for name, vec in (("conv_bias", conv_bias), ("D", D), ("dt_bias", dt_bias)):
+        check_tensor(name, vec, 1, optional=True)
+        check_shape(name, vec, (dim,))
+    check_same_device(
+        "x", x, z=z, conv_state=conv_state, ssm_state=ssm_state, conv_weight=conv_weight, conv_bias=conv_bias,
+        x_proj_weight=x_proj_weight, dt_proj_weight=dt_proj_weight, A=A, D=D, dt_bias=dt_bias,
+    )  # fmt: skip
+    fn = _implementation("mixer_step", x.device)
+    weights = map(_contiguous, (conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias))
+    return fn(_contiguous(x), _contiguous(z), conv_state, ssm_state, *weights)
 
 
 def _check_norm_args(x, weight, bias, residual):

@@ -21,13 +21,14 @@ __all__ = ["causal_conv1d_update"]
 
 
 @triton.jit
-def _causal_conv1d_update_kernel(
+def _conv_step_rows(
     x_ptr,
     state_ptr,
     w_ptr,
     bias_ptr,
-    out_ptr,
-    dim,
+    pid_b,
+    offs_d,
+    mask_d,
     state_len,
     stride_x_b,
     stride_state_b,
@@ -36,14 +37,11 @@ def _causal_conv1d_update_kernel(
     WIDTH: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr,
-    BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    """One step for the channels `offs_d` `[BLOCK_D]` of sequence `pid_b` (int64): shifts their conv state rows in
+    place and returns act(conv) `[BLOCK_D]` in fp32. Shared with the fused mixer step (`kernels/mixer_step`)."""
     offs_s = tl.arange(0, BLOCK_S)  # [BLOCK_S]
-    mask_d = offs_d < dim
     offs_d64 = offs_d.to(tl.int64)
     rows = state_ptr + pid_b * stride_state_b + offs_d64[:, None] * stride_state_d  # [BLOCK_D, 1]
 
@@ -68,6 +66,36 @@ def _causal_conv1d_update_kernel(
         y = y * tl.sigmoid(y)
     tl.debug_barrier()  # every read of the row happens before it is overwritten
     tl.store(rows + offs_s[None, :], new, mask=mask_d[:, None] & (offs_s < state_len)[None, :])
+    return y
+
+
+@triton.jit
+def _causal_conv1d_update_kernel(
+    x_ptr,
+    state_ptr,
+    w_ptr,
+    bias_ptr,
+    out_ptr,
+    dim,
+    state_len,
+    stride_x_b,
+    stride_state_b,
+    stride_state_d,
+    stride_w_d,
+    WIDTH: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    mask_d = offs_d < dim
+    y = _conv_step_rows(
+        x_ptr, state_ptr, w_ptr, bias_ptr, pid_b, offs_d, mask_d, state_len,
+        stride_x_b, stride_state_b, stride_state_d, stride_w_d, WIDTH, HAS_BIAS, SILU, BLOCK_S,
+    )  # fmt: skip
     tl.store(out_ptr + pid_b * dim + offs_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 

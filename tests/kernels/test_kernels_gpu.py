@@ -273,3 +273,21 @@ def test_cross_entropy_grad_at_lm_head_size():
     fp32 = ce_ref.cross_entropy_grad_(fp32_grad, targets)
     assert_close("nats", nats, lowp, fp32)
     assert_close("grad", got_grad, lowp_grad, fp32_grad)
+
+
+@pytest.mark.parametrize(
+    "batch, dim, dstate, dt_rank",
+    [(1, 1536, 16, 48), (64, 1536, 16, 48), (3, 2048, 64, 128), (2, 100, 16, 7)],
+    ids=["130M-b1", "130M-b64", "d64", "odd-dim"],
+)
+def test_mixer_step_decode(batch, dim, dstate, dt_rank):
+    from mixer_step_inputs import make_step_inputs, run_step
+
+    from kernels.mixer_step import fused as step_fused
+    from kernels.mixer_step import ref as step_ref
+
+    inputs = make_step_inputs(batch, dim, dstate, dt_rank, 4, 4, torch.bfloat16, device="cuda")
+    fast = run_step(step_fused.mixer_step, inputs)
+    lowp, hi = run_step(step_ref.mixer_step, inputs), run_step(step_ref.mixer_step, inputs, upcast=True)
+    for name, f, lo, h in zip(("out", "conv_state", "ssm_state"), fast, lowp, hi):
+        assert_close(name, f, lo, h.to(lo.dtype) if name == "conv_state" else h)

@@ -1,0 +1,185 @@
+"""The mixer's decode step in two Triton kernels (inference only: updates both states in place, no autograd).
+
+Spec: `kernels/mixer_step/ref.py`. Unfused, the step between in_proj and out_proj is five launches (conv step,
+x_proj, dt_proj, SSM step, and the conv's output round trip). At batch 1 every kernel is a few microseconds of launch
+and latency, so the count of launches sets the decode speed, not the bytes. Here:
+
+1. `_conv_step_project_kernel`, one program per `BLOCK_D` channels of one sequence: the conv step (state shifted in
+   place), SiLU, the result stored (the SSM step needs it), and this block's share of x_proj,
+   `x_proj_weight[:, block] @ x[block]`, stored as a partial sum `[n_proj]` in fp32.
+2. `_project_state_step_kernel`, one program per `BLOCK_D` channels of one sequence: the sum of the partials (x_proj
+   needs every channel, so it cannot finish inside kernel 1 without a grid-wide sync; summing a few dozen partials in
+   a fixed order is deterministic, unlike atomics), then dt_proj for its own channels, and the SSM step.
+
+x_proj's output and dt are rounded to x's dtype where the unfused step holds them in a tensor of that dtype, so the
+fused step reproduces it (and the prefill path) up to summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._triton_utils import empty
+from kernels.causal_conv1d.step import _conv_step_rows
+from kernels.selective_scan.step import _state_step_rows
+
+__all__ = ["mixer_step"]
+
+
+@triton.jit
+def _conv_step_project_kernel(
+    x_ptr,
+    conv_state_ptr,
+    conv_w_ptr,
+    conv_bias_ptr,
+    proj_w_ptr,
+    conv_out_ptr,
+    partial_ptr,
+    dim,
+    state_len,
+    n_proj,
+    stride_x_b,
+    stride_state_b,
+    stride_state_d,
+    stride_conv_w_d,
+    stride_proj_w_r,
+    WIDTH: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    mask_d = offs_d < dim
+    x = _conv_step_rows(
+        x_ptr, conv_state_ptr, conv_w_ptr, conv_bias_ptr, pid_b, offs_d, mask_d, state_len,
+        stride_x_b, stride_state_b, stride_state_d, stride_conv_w_d, WIDTH, HAS_BIAS, True, BLOCK_S,
+    )  # fmt: skip
+    x = x.to(conv_out_ptr.dtype.element_ty)
+    tl.store(conv_out_ptr + pid_b * dim + offs_d, x, mask=mask_d)
+
+    offs_p = tl.arange(0, BLOCK_P)  # [BLOCK_P], rows of x_proj
+    w = tl.load(
+        proj_w_ptr + offs_p[:, None] * stride_proj_w_r + offs_d[None, :],
+        mask=(offs_p < n_proj)[:, None] & mask_d[None, :],
+        other=0.0,
+    )  # [BLOCK_P, BLOCK_D]
+    partial = tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)  # [BLOCK_P]
+    tl.store(partial_ptr + (pid_b * tl.num_programs(0) + pid_d) * BLOCK_P + offs_p, partial)
+
+
+@triton.jit
+def _project_state_step_kernel(
+    partial_ptr,
+    conv_out_ptr,
+    z_ptr,
+    ssm_state_ptr,
+    dt_w_ptr,
+    A_ptr,
+    D_ptr,
+    dt_bias_ptr,
+    out_ptr,
+    dim,
+    dstate,
+    dt_rank,
+    n_blocks,
+    stride_z_b,
+    stride_state_b,
+    stride_state_d,
+    stride_dt_w_d,
+    stride_A_d,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_BLOCKS: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    mask_d = offs_d < dim
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_r = offs_r < dt_rank
+    mask_n = offs_n < dstate
+    dtype = conv_out_ptr.dtype.element_ty
+
+    # x_proj's output for this sequence: the kernel-1 partials summed over the channel blocks, in a fixed order.
+    offs_k = tl.arange(0, BLOCK_BLOCKS)
+    rows = partial_ptr + (pid_b * n_blocks + offs_k[:, None]) * BLOCK_P  # [BLOCK_BLOCKS, 1]
+    mask_k = (offs_k < n_blocks)[:, None]
+    dt_in = tl.sum(tl.load(rows + offs_r[None, :], mask=mask_k & mask_r[None, :], other=0.0), axis=0)
+    B = tl.sum(tl.load(rows + dt_rank + offs_n[None, :], mask=mask_k & mask_n[None, :], other=0.0), axis=0)
+    C = tl.sum(tl.load(rows + dt_rank + dstate + offs_n[None, :], mask=mask_k & mask_n[None, :], other=0.0), axis=0)
+    dt_in = dt_in.to(dtype).to(tl.float32)  # [BLOCK_R]
+    B = B.to(dtype).to(tl.float32)  # [BLOCK_N]
+    C = C.to(dtype).to(tl.float32)
+
+    # dt_proj for this block's channels only.
+    w = tl.load(
+        dt_w_ptr + offs_d.to(tl.int64)[:, None] * stride_dt_w_d + offs_r[None, :],
+        mask=mask_d[:, None] & mask_r[None, :],
+        other=0.0,
+    )  # [BLOCK_D, BLOCK_R]
+    dt = tl.sum(w.to(tl.float32) * dt_in[None, :], axis=1).to(dtype).to(tl.float32)  # [BLOCK_D]
+
+    x = tl.load(conv_out_ptr + pid_b * dim + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    y = _state_step_rows(
+        ssm_state_ptr, A_ptr, D_ptr, z_ptr, dt_bias_ptr, pid_b, offs_d, mask_d, x, dt, B, C, dstate,
+        stride_state_b, stride_state_d, stride_A_d, stride_z_b, HAS_D, HAS_Z, HAS_DT_BIAS, True, BLOCK_N,
+    )  # fmt: skip
+    tl.store(out_ptr + pid_b * dim + offs_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+
+def mixer_step(
+    x: torch.Tensor,
+    z: torch.Tensor | None,
+    conv_state: torch.Tensor,
+    ssm_state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    x_proj_weight: torch.Tensor,
+    dt_proj_weight: torch.Tensor,
+    A: torch.Tensor,
+    D: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """Same contract as the reference (shapes there). Both states must have unit stride on their last dim; every
+    other tensor needs unit stride on its last dim only (the mixer's in_proj halves are strided views)."""
+    batch, dim = x.shape
+    state_len, width = conv_state.shape[2], conv_weight.shape[1]
+    dstate, dt_rank, n_proj = ssm_state.shape[2], dt_proj_weight.shape[1], x_proj_weight.shape[0]
+
+    block_s = triton.next_power_of_2(state_len)
+    block_p = triton.next_power_of_2(n_proj)
+    # Channels per program: enough programs to spread a batch-1 step over the GPU, few enough that the second
+    # kernel sums a short list of partials.
+    block_d = max(16, min(64, triton.next_power_of_2(triton.cdiv(dim, 32))))
+    n_blocks = triton.cdiv(dim, block_d)
+    conv_out = empty(batch, dim, device=x.device, dtype=x.dtype)
+    partial = empty(batch, n_blocks, block_p, device=x.device, dtype=torch.float32)
+    out = empty(batch, dim, device=x.device, dtype=x.dtype)
+    grid = (n_blocks, batch)
+    _conv_step_project_kernel[grid](
+        x, conv_state, conv_weight, conv_bias, x_proj_weight, conv_out, partial,
+        dim, state_len, n_proj,
+        x.stride(0), conv_state.stride(0), conv_state.stride(1), conv_weight.stride(0), x_proj_weight.stride(0),
+        WIDTH=width, HAS_BIAS=conv_bias is not None, BLOCK_D=block_d, BLOCK_S=block_s, BLOCK_P=block_p, num_warps=4,
+    )  # fmt: skip
+    _project_state_step_kernel[grid](
+        partial, conv_out, z, ssm_state, dt_proj_weight, A, D, dt_bias, out,
+        dim, dstate, dt_rank, n_blocks,
+        z.stride(0) if z is not None else 0, ssm_state.stride(0), ssm_state.stride(1), dt_proj_weight.stride(0),
+        A.stride(0),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
+        BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(dstate), BLOCK_R=max(2, triton.next_power_of_2(dt_rank)),
+        BLOCK_P=block_p, BLOCK_BLOCKS=max(2, triton.next_power_of_2(n_blocks)), num_warps=4,
+    )  # fmt: skip
+    return out
