@@ -76,5 +76,11 @@ class MambaBlock(nn.Module):
 
     def step(self, hidden: torch.Tensor, residual: torch.Tensor | None, cache: LayerCache):
         """Decoding: `[B, D]` tensors, same contract as `forward`."""
+        if self.norm.rms:  # the add+norm runs as the prologue of in_proj (one launch fewer per layer)
+            xz, residual = kernels.decode_rms_norm_linear(
+                hidden, self.norm.weight, self.mixer.in_proj.weight, self.mixer.in_proj.bias, residual,
+                eps=self.norm.eps, residual_in_fp32=self.residual_in_fp32,
+            )  # fmt: skip
+            return self.mixer.step_projected(xz, cache), residual
         normed, residual = self._add_norm(hidden, residual)
         return self.mixer.step(normed, cache), residual

@@ -121,11 +121,16 @@ class MambaMixer(nn.Module):
     @torch.no_grad()
     def step(self, hidden: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """One decoding step: `hidden` `[B, D]` -> `[B, D]`; updates `cache` in place."""
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # [B, d_inner] each
+        return self.step_projected(self.in_proj(hidden), cache)
+
+    @torch.no_grad()
+    def step_projected(self, xz: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """`step` after in_proj: `xz` `[B, 2 * d_inner]` -> `[B, D]`; updates `cache` in place."""
+        x, z = xz.chunk(2, dim=-1)  # [B, d_inner] each
         A, D, dt_bias = self._decode_constants()
         # Conv step, x_proj, dt_proj and SSM step in one op: two kernels on the Triton path (launch-bound at batch 1).
         y = kernels.mixer_step(
             x, z, cache.conv_state, cache.ssm_state, self._conv_weight, self.conv1d.bias,
             self.x_proj.weight, self.dt_proj.weight, A, D, dt_bias,
         )  # fmt: skip
-        return self.out_proj(y)
+        return kernels.decode_linear(y, self.out_proj.weight, self.out_proj.bias)

@@ -10,6 +10,8 @@ Public ops (sequences are `(batch, dim, seqlen)`, SSM state `(batch, dim, dstate
 * `mixer_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias)`:
   a Mamba-1 mixer's decode step between in_proj and out_proj (conv step, x_proj, dt_proj, SSM step; in place)
 * `rms_norm` / `layer_norm(x, weight, bias=None, residual=None, *, eps, prenorm, residual_in_fp32)` (fused add+norm)
+* `decode_linear(x, weight, bias=None)` and `decode_rms_norm_linear(x, norm_weight, weight, bias=None, residual=None,
+  *, eps, residual_in_fp32)`: linear layers for the few rows of a decode step (the second after a fused add+RMSNorm)
 * `cross_entropy_grad_(logits, targets, *, ignore_index)`: per-row NLL, logits overwritten with their gradient
 
 Dispatch lives here and only here. Each call picks a backend:
@@ -38,6 +40,7 @@ from kernels._checks import check_groups, check_same_device, check_shape, check_
 from kernels._triton_utils import sequence_strides
 from kernels.causal_conv1d import ref as _conv_ref
 from kernels.cross_entropy import ref as _ce_ref
+from kernels.decode_linear import ref as _linear_ref
 from kernels.mixer_step import ref as _mixer_step_ref
 from kernels.rms_norm import ref as _norm_ref
 from kernels.selective_scan import ref as _scan_ref
@@ -47,6 +50,8 @@ __all__ = [
     "causal_conv1d",
     "causal_conv1d_update",
     "cross_entropy_grad_",
+    "decode_linear",
+    "decode_rms_norm_linear",
     "kernel_backend",
     "layer_norm",
     "mixer_step",
@@ -70,6 +75,8 @@ _OPS = {
     "rms_norm": (_norm_ref.rms_norm, "kernels.rms_norm.fused"),
     "layer_norm": (_norm_ref.layer_norm, "kernels.rms_norm.fused"),
     "cross_entropy_grad_": (_ce_ref.cross_entropy_grad_, "kernels.cross_entropy.fused"),
+    "decode_linear": (_linear_ref.decode_linear, "kernels.decode_linear.gemv"),
+    "decode_rms_norm_linear": (_linear_ref.decode_rms_norm_linear, "kernels.decode_linear.gemv"),
 }
 
 
@@ -398,6 +405,50 @@ def mixer_step(
     fn = _implementation("mixer_step", x.device)
     weights = map(_contiguous, (conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias))
     return fn(_contiguous(x), _contiguous(z), conv_state, ssm_state, *weights)
+
+
+def _check_decode_linear_args(x, weight, bias):
+    check_tensor("x", x, 2)
+    check_tensor("weight", weight, 2)
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight must have shape (out_features, {x.shape[1]}), got {tuple(weight.shape)}")
+    check_tensor("bias", bias, 1, optional=True)
+    check_shape("bias", bias, (weight.shape[0],))
+    check_same_device("x", x, weight=weight, bias=bias)
+
+
+def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`x @ weight.T + bias` for the few rows of a decode step: x `(rows, K)`, weight `(N, K)` -> `(rows, N)`.
+
+    On the Triton path up to 8 rows run as one GEMV kernel spread over the whole GPU (cuBLAS uses a handful of
+    64-row tiles there); more rows go to cuBLAS."""
+    _check_decode_linear_args(x, weight, bias)
+    fn = _implementation("decode_linear", x.device)
+    return fn(_contiguous(x), _contiguous(weight), _contiguous(bias))
+
+
+def decode_rms_norm_linear(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    *,
+    eps: float = 1e-5,
+    residual_in_fp32: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`residual = x + residual; out = RMSNorm(residual) @ weight.T + bias` for the few rows of a decode step.
+
+    x, residual `(rows, K)`; norm_weight `(K,)`; weight `(N, K)`. Returns out `(rows, N)` (x's dtype) and the new
+    residual (fp32 if `residual_in_fp32`). On the Triton path up to 8 rows are one kernel (the norm is the GEMV's
+    prologue); more rows are the fused norm kernel then cuBLAS."""
+    _check_decode_linear_args(x, weight, bias)
+    _check_norm_args(x, norm_weight, None, residual)
+    fn = _implementation("decode_rms_norm_linear", x.device)
+    return fn(
+        _contiguous(x), _contiguous(norm_weight), _contiguous(weight), _contiguous(bias), _contiguous(residual),
+        eps=eps, residual_in_fp32=residual_in_fp32,
+    )  # fmt: skip
 
 
 def _check_norm_args(x, weight, bias, residual):

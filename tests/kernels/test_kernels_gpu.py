@@ -291,3 +291,22 @@ def test_mixer_step_decode(batch, dim, dstate, dt_rank):
     lowp, hi = run_step(step_ref.mixer_step, inputs), run_step(step_ref.mixer_step, inputs, upcast=True)
     for name, f, lo, h in zip(("out", "conv_state", "ssm_state"), fast, lowp, hi):
         assert_close(name, f, lo, h.to(lo.dtype) if name == "conv_state" else h)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 64])
+@pytest.mark.parametrize("K, N", [(768, 3072), (1536, 768)], ids=["in_proj", "out_proj"])
+def test_decode_linears(rows, K, N):
+    from kernels.decode_linear import gemv
+    from kernels.decode_linear import ref as linear_ref
+
+    x = torch.randn(rows, K, device="cuda", dtype=torch.bfloat16)
+    weight = (torch.randn(N, K, device="cuda") / K**0.5).to(torch.bfloat16)
+    residual, norm_weight = torch.randn(rows, K, device="cuda"), 1 + 0.1 * torch.randn(K, device="cuda")
+    up = lambda *ts: [t.float() for t in ts]  # noqa: E731
+    assert_close("linear", gemv.decode_linear(x, weight), linear_ref.decode_linear(x, weight),
+                 linear_ref.decode_linear(*up(x, weight)))  # fmt: skip
+    fast = gemv.decode_rms_norm_linear(x, norm_weight, weight, None, residual, residual_in_fp32=True)
+    lowp = linear_ref.decode_rms_norm_linear(x, norm_weight, weight, None, residual, residual_in_fp32=True)
+    hi = linear_ref.decode_rms_norm_linear(*up(x, norm_weight, weight), None, residual, residual_in_fp32=True)
+    assert_close("norm+linear", fast[0], lowp[0], hi[0])
+    assert_close("residual", fast[1], lowp[1], hi[1])

@@ -1,0 +1,132 @@
+"""Decode linears in Triton: a GEMV per row, optionally behind a fused residual add + RMSNorm.
+
+Spec: `kernels/decode_linear/ref.py`. At batch 1 a 130M model's in_proj (768 -> 3072) and out_proj (1536 -> 768) are
+matrix-vector products that should take about as long as reading their weights (4.7 and 2.4 MB: ~1.5 and ~0.8 us on an
+H100). cuBLAS runs them as tensor-core GEMMs with 64-row tiles, i.e. only 48 and 12 thread blocks: ~4.6 us each.
+Here every program owns `BLOCK_N` output features of one row and streams their weight rows through `BLOCK_K`-wide
+chunks, so a few hundred programs share the read. The norm is a prologue: each program recomputes the row's
+statistics (K values, from L2), which is cheaper than a kernel launch; program 0 of each row writes the new residual.
+
+For more than `MAX_ROWS` rows the weights would be re-read per row; there the launchers hand over to the fused norm
+kernel and cuBLAS, which are the right tools for a real GEMM.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from kernels._triton_utils import empty
+from kernels.rms_norm.fused import rms_norm
+
+__all__ = ["MAX_ROWS", "decode_linear", "decode_rms_norm_linear"]
+
+MAX_ROWS = 8
+_BLOCK_K = 256
+_TARGET_PROGRAMS = 264  # two per SM on an H100: enough to spread the weight read
+
+
+@triton.jit
+def _decode_linear_kernel(
+    x_ptr,
+    residual_ptr,
+    norm_w_ptr,
+    w_ptr,
+    bias_ptr,
+    out_ptr,
+    residual_out_ptr,
+    K,
+    N,
+    eps,
+    stride_x_row,
+    stride_residual_row,
+    stride_w_n,
+    NORM: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    mask_n = offs_n < N
+    x_row = x_ptr + row * stride_x_row
+    dtype = x_ptr.dtype.element_ty
+
+    if NORM:  # first pass over the row: the new residual and its mean square
+        squares = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < K
+            r = tl.load(x_row + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+            if HAS_RESIDUAL:
+                r += tl.load(residual_ptr + row * stride_residual_row + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+            if pid_n == 0:
+                out_r = residual_out_ptr + row * K + offs_k
+                tl.store(out_r, r.to(residual_out_ptr.dtype.element_ty), mask=mask_k)
+            squares += r * r
+        rstd = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
+
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_w_n  # [BLOCK_N, 1]
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        xk = tl.load(x_row + offs_k, mask=mask_k, other=0.0).to(tl.float32)  # [BLOCK_K]
+        if NORM:
+            if HAS_RESIDUAL:
+                xk += tl.load(residual_ptr + row * stride_residual_row + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+            norm_w = tl.load(norm_w_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+            xk = (xk * rstd * norm_w).to(dtype).to(tl.float32)  # the normed row in x's dtype, as the norm hands it over
+        w = tl.load(w_rows + offs_k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        acc += w.to(tl.float32) * xk[None, :]
+    out = tl.sum(acc, axis=1)  # [BLOCK_N]
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * N + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+def _launch(x, weight, bias, *, norm_weight=None, residual=None, residual_out=None, eps=0.0):
+    rows, K = x.shape
+    N = weight.shape[0]
+    # Features per program: as many as keep about _TARGET_PROGRAMS programs busy (at least 4, at most 32).
+    block_n = min(32, max(4, triton.next_power_of_2(triton.cdiv(N * rows, _TARGET_PROGRAMS))))
+    out = empty(rows, N, device=x.device, dtype=x.dtype)
+    _decode_linear_kernel[(triton.cdiv(N, block_n), rows)](
+        x, residual, norm_weight, weight, bias, out, residual_out,
+        K, N, eps, x.stride(0), residual.stride(0) if residual is not None else 0, weight.stride(0),
+        NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
+        BLOCK_N=block_n, BLOCK_K=min(_BLOCK_K, triton.next_power_of_2(K)), num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Same contract as the reference. Up to `MAX_ROWS` rows: the GEMV kernel; more: cuBLAS."""
+    if x.shape[0] > MAX_ROWS:
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    return _launch(x, weight, bias)
+
+
+def decode_rms_norm_linear(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    *,
+    eps: float = 1e-5,
+    residual_in_fp32: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as the reference. Up to `MAX_ROWS` rows: one kernel; more: the fused norm kernel, then cuBLAS."""
+    if x.shape[0] > MAX_ROWS:
+        normed, residual = rms_norm(
+            x, norm_weight, None, residual, eps=eps, prenorm=True, residual_in_fp32=residual_in_fp32
+        )
+        return decode_linear(normed, weight, bias), residual
+    residual_out = empty(*x.shape, device=x.device, dtype=torch.float32 if residual_in_fp32 else x.dtype)
+    out = _launch(x, weight, bias, norm_weight=norm_weight, residual=residual, residual_out=residual_out, eps=eps)
+    return out, residual_out
