@@ -22,28 +22,12 @@ __all__ = ["selective_state_update"]
 
 
 @triton.jit
-def _channel_constants(
-    A_ptr, D_ptr, dt_bias_ptr, offs_d, mask_d, dstate, stride_A_d,
-    HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    """A `[BLOCK_D, BLOCK_N]`, D and the step-size bias `[BLOCK_D]` of the channels `offs_d`, in fp32 (zeros where
-    absent). Loaded once per program, whatever number of sequences it steps."""
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_dn = mask_d[:, None] & (offs_n < dstate)[None, :]
-    A = tl.load(A_ptr + offs_d.to(tl.int64)[:, None] * stride_A_d + offs_n[None, :], mask=mask_dn, other=0.0)
-    D = tl.zeros(offs_d.shape, dtype=tl.float32)
-    dt_bias = tl.zeros(offs_d.shape, dtype=tl.float32)
-    if HAS_D:
-        D = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_DT_BIAS:
-        dt_bias = tl.load(dt_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    return A.to(tl.float32), D, dt_bias
-
-
-@triton.jit
 def _state_step_rows(
     state_ptr,
+    A_ptr,
+    D_ptr,
     z_ptr,
+    dt_bias_ptr,
     pid_b,
     offs_d,
     mask_d,
@@ -51,35 +35,36 @@ def _state_step_rows(
     dt,
     B,
     C,
-    A,
-    D,
-    dt_bias,
     dstate,
     stride_state_b,
     stride_state_d,
+    stride_A_d,
     stride_z_b,
     HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr,
     DT_SOFTPLUS: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """One step for the channels `offs_d` `[BLOCK_D]` (valid where `mask_d`) of sequence `pid_b` (int64), given x, dt
-    `[BLOCK_D]`, B, C `[BLOCK_N]` and the channel constants of `_channel_constants`, all fp32: updates their state
-    rows in place, returns the gated output `[BLOCK_D]` in fp32. Shared with the fused mixer step
-    (`kernels/mixer_step`)."""
+    """One step for the channels `offs_d` `[BLOCK_D]` of sequence `pid_b` (int64), given x, dt `[BLOCK_D]` and B, C
+    `[BLOCK_N]` in fp32: updates their state rows in place, returns the gated output `[BLOCK_D]` in fp32. Shared with
+    the fused mixer step (`kernels/mixer_step`)."""
     offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N]
     mask_dn = mask_d[:, None] & (offs_n < dstate)[None, :]
-    state_ptrs = state_ptr + pid_b * stride_state_b + offs_d.to(tl.int64)[:, None] * stride_state_d + offs_n[None, :]
+    offs_d64 = offs_d.to(tl.int64)
+    state_ptrs = state_ptr + pid_b * stride_state_b + offs_d64[:, None] * stride_state_d + offs_n[None, :]
     state = tl.load(state_ptrs, mask=mask_dn, other=0.0)  # [BLOCK_D, BLOCK_N] fp32
-    dt += dt_bias
+    if HAS_DT_BIAS:
+        dt += tl.load(dt_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if DT_SOFTPLUS:
         dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))), dt)
+    A = tl.load(A_ptr + offs_d64[:, None] * stride_A_d + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
 
     state = tl.exp(dt[:, None] * A) * state + (dt * x)[:, None] * B[None, :]
     tl.store(state_ptrs, state, mask=mask_dn)
     y = tl.sum(state * C[None, :], axis=1)  # [BLOCK_D]
     if HAS_D:
-        y += D * x
+        y += tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) * x
     if HAS_Z:
         z = tl.load(z_ptr + pid_b * stride_z_b + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         y *= z * tl.sigmoid(z)
@@ -130,12 +115,9 @@ def _selective_state_update_kernel(
     dt = tl.load(dt_ptr + pid_b * stride_dt_b + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     B = tl.load(B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     C = tl.load(C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    A, D, dt_bias = _channel_constants(
-        A_ptr, D_ptr, dt_bias_ptr, offs_d, mask_d, dstate, stride_A_d, HAS_D, HAS_DT_BIAS, BLOCK_N
-    )
     y = _state_step_rows(
-        state_ptr, z_ptr, pid_b, offs_d, mask_d, x, dt, B, C, A, D, dt_bias, dstate,
-        stride_state_b, stride_state_d, stride_z_b, HAS_D, HAS_Z, DT_SOFTPLUS, BLOCK_N,
+        state_ptr, A_ptr, D_ptr, z_ptr, dt_bias_ptr, pid_b, offs_d, mask_d, x, dt, B, C, dstate,
+        stride_state_b, stride_state_d, stride_A_d, stride_z_b, HAS_D, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_N,
     )  # fmt: skip
     tl.store(out_ptr + pid_b * dim + offs_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 

@@ -18,7 +18,6 @@ pytestmark = pytest.mark.skipif(
 import kernels  # noqa: E402
 from backbone import MambaBackbone, MambaConfig  # noqa: E402
 from kernels.decode_linear import ref as linear_ref  # noqa: E402
-from kernels.mixer_step import fused as mixer_step_fused  # noqa: E402
 from kernels.mixer_step import ref  # noqa: E402
 
 
@@ -32,12 +31,7 @@ from kernels.mixer_step import ref  # noqa: E402
         (2, 70, 64, 8, 7, 6, True),  # dstate 64, width 7, five channel blocks
     ],
 )
-@pytest.mark.parametrize("split", [False, True], ids=["one-block-one-row", "split"])
-def test_mixer_step_matches_unfused_reference(
-    monkeypatch, batch, dim, dstate, dt_rank, width, state_len, optional, dtype, split
-):
-    if split:  # what large batches get: several channel blocks (kernel 1) and sequences (kernel 2) per program
-        monkeypatch.setattr(mixer_step_fused, "_MIN_PROGRAMS", 1)
+def test_mixer_step_matches_unfused_reference(batch, dim, dstate, dt_rank, width, state_len, optional, dtype):
     inputs = make_step_inputs(batch, dim, dstate, dt_rank, width, state_len, dtype, optional=optional)
     with kernels.use_triton():
         fast = run_step(kernels.mixer_step, inputs)
