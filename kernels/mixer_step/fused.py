@@ -138,6 +138,14 @@ def _project_state_step_kernel(
     tl.store(out_ptr + pid_b * dim + offs_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
+def channel_blocks(dim: int, batch: int) -> tuple[int, int]:
+    """Channels per program of kernel 1 (its count of blocks is the number of partials kernel 2 sums) and of
+    kernel 2. Kernel 1: enough programs to spread a batch-1 step over the GPU, few enough that the partials stay a
+    short list."""
+    block_d = max(16, min(64, triton.next_power_of_2(triton.cdiv(dim, 32))))
+    return block_d, block_d
+
+
 def mixer_step(
     x: torch.Tensor,
     z: torch.Tensor | None,
@@ -161,25 +169,24 @@ def mixer_step(
     block_p = triton.next_power_of_2(n_proj)
     # Channels per program: enough programs to spread a batch-1 step over the GPU, few enough that the second
     # kernel sums a short list of partials.
-    block_d = max(16, min(64, triton.next_power_of_2(triton.cdiv(dim, 32))))
+    block_d, block_d_state = channel_blocks(dim, batch)
     n_blocks = triton.cdiv(dim, block_d)
     conv_out = empty(batch, dim, device=x.device, dtype=x.dtype)
     partial = empty(batch, n_blocks, block_p, device=x.device, dtype=torch.float32)
     out = empty(batch, dim, device=x.device, dtype=x.dtype)
-    grid = (n_blocks, batch)
-    _conv_step_project_kernel[grid](
+    _conv_step_project_kernel[(n_blocks, batch)](
         x, conv_state, conv_weight, conv_bias, x_proj_weight, conv_out, partial,
         dim, state_len, n_proj,
         x.stride(0), conv_state.stride(0), conv_state.stride(1), conv_weight.stride(0), x_proj_weight.stride(0),
         WIDTH=width, HAS_BIAS=conv_bias is not None, BLOCK_D=block_d, BLOCK_S=block_s, BLOCK_P=block_p, num_warps=4,
     )  # fmt: skip
-    _project_state_step_kernel[grid](
+    _project_state_step_kernel[(triton.cdiv(dim, block_d_state), batch)](
         partial, conv_out, z, ssm_state, dt_proj_weight, A, D, dt_bias, out,
         dim, dstate, dt_rank, n_blocks,
         z.stride(0) if z is not None else 0, ssm_state.stride(0), ssm_state.stride(1), dt_proj_weight.stride(0),
         A.stride(0),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
-        BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(dstate), BLOCK_R=max(2, triton.next_power_of_2(dt_rank)),
+        BLOCK_D=block_d_state, BLOCK_N=triton.next_power_of_2(dstate), BLOCK_R=max(2, triton.next_power_of_2(dt_rank)),
         BLOCK_P=block_p, BLOCK_BLOCKS=max(2, triton.next_power_of_2(n_blocks)), num_warps=4,
     )  # fmt: skip
     return out
