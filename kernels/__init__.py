@@ -420,7 +420,7 @@ def _check_decode_linear_args(x, weight, bias):
 def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`x @ weight.T + bias` for the few rows of a decode step: x `(rows, K)`, weight `(N, K)` -> `(rows, N)`.
 
-    On the Triton path up to 8 rows run as one GEMV kernel spread over the whole GPU (cuBLAS uses a handful of
+    On the Triton path up to 2 rows run as one GEMV kernel spread over the whole GPU (cuBLAS uses a handful of
     64-row tiles there); more rows go to cuBLAS."""
     _check_decode_linear_args(x, weight, bias)
     fn = _implementation("decode_linear", x.device)
@@ -440,7 +440,7 @@ def decode_rms_norm_linear(
     """`residual = x + residual; out = RMSNorm(residual) @ weight.T + bias` for the few rows of a decode step.
 
     x, residual `(rows, K)`; norm_weight `(K,)`; weight `(N, K)`. Returns out `(rows, N)` (x's dtype) and the new
-    residual (fp32 if `residual_in_fp32`). On the Triton path up to 8 rows are one kernel (the norm is the GEMV's
+    residual (fp32 if `residual_in_fp32`). On the Triton path up to 2 rows are one kernel (the norm is the GEMV's
     prologue); more rows are the fused norm kernel then cuBLAS."""
     _check_decode_linear_args(x, weight, bias)
     _check_norm_args(x, norm_weight, None, residual)

@@ -141,9 +141,10 @@ def _project_state_step_kernel(
 def channel_blocks(dim: int, batch: int) -> tuple[int, int]:
     """Channels per program of kernel 1 (its count of blocks is the number of partials kernel 2 sums) and of
     kernel 2. Kernel 1: enough programs to spread a batch-1 step over the GPU, few enough that the partials stay a
-    short list."""
+    short list. Kernel 2 takes twice as many channels once the batch fills the GPU anyway (H100, dim 1536, CUDA
+    graph: batch 64 12.7 us vs 15.2 at 64 channels; batch 1 5.0 us at 64, 5.9 at 128)."""
     block_d = max(16, min(64, triton.next_power_of_2(triton.cdiv(dim, 32))))
-    return block_d, block_d
+    return block_d, block_d * 2 if batch >= 16 else block_d
 
 
 def mixer_step(
