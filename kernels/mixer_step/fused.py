@@ -23,7 +23,7 @@ import triton.language as tl
 
 from kernels._triton_utils import empty
 from kernels.causal_conv1d.step import _conv_step_rows
-from kernels.selective_scan.step import _state_step_rows
+from kernels.selective_scan.step import _advance_state_rows, _load_state_rows
 
 __all__ = ["mixer_step"]
 
@@ -55,19 +55,19 @@ def _conv_step_project_kernel(
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
     mask_d = offs_d < dim
-    x = _conv_step_rows(
-        x_ptr, conv_state_ptr, conv_w_ptr, conv_bias_ptr, pid_b, offs_d, mask_d, state_len,
-        stride_x_b, stride_state_b, stride_state_d, stride_conv_w_d, WIDTH, HAS_BIAS, True, BLOCK_S,
-    )  # fmt: skip
-    x = x.to(conv_out_ptr.dtype.element_ty)
-    tl.store(conv_out_ptr + pid_b * dim + offs_d, x, mask=mask_d)
-
+    # The x_proj tile first: the conv step ends in a barrier, and no load after it can be moved above it.
     offs_p = tl.arange(0, BLOCK_P)  # [BLOCK_P], rows of x_proj
     w = tl.load(
         proj_w_ptr + offs_p[:, None] * stride_proj_w_r + offs_d[None, :],
         mask=(offs_p < n_proj)[:, None] & mask_d[None, :],
         other=0.0,
     )  # [BLOCK_P, BLOCK_D]
+    x = _conv_step_rows(
+        x_ptr, conv_state_ptr, conv_w_ptr, conv_bias_ptr, pid_b, offs_d, mask_d, state_len,
+        stride_x_b, stride_state_b, stride_state_d, stride_conv_w_d, WIDTH, HAS_BIAS, True, BLOCK_S,
+    )  # fmt: skip
+    x = x.to(conv_out_ptr.dtype.element_ty)
+    tl.store(conv_out_ptr + pid_b * dim + offs_d, x, mask=mask_d)
     partial = tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)  # [BLOCK_P]
     tl.store(partial_ptr + (pid_b * tl.num_programs(0) + pid_d) * BLOCK_P + offs_p, partial)
 
@@ -111,6 +111,19 @@ def _project_state_step_kernel(
     mask_n = offs_n < dstate
     dtype = conv_out_ptr.dtype.element_ty
 
+    # Every load that does not depend on x_proj's output first (state, constants, z, x, dt_proj rows): the partial
+    # sums below end in cross-warp reductions, and no load after those can be moved above them.
+    state_ptrs, mask_dn, state, A, D, z, dt_bias = _load_state_rows(
+        ssm_state_ptr, A_ptr, D_ptr, z_ptr, dt_bias_ptr, pid_b, offs_d, mask_d, dstate,
+        stride_state_b, stride_state_d, stride_A_d, stride_z_b, HAS_D, HAS_Z, HAS_DT_BIAS, BLOCK_N,
+    )  # fmt: skip
+    x = tl.load(conv_out_ptr + pid_b * dim + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    w = tl.load(
+        dt_w_ptr + offs_d.to(tl.int64)[:, None] * stride_dt_w_d + offs_r[None, :],
+        mask=mask_d[:, None] & mask_r[None, :],
+        other=0.0,
+    )  # [BLOCK_D, BLOCK_R]
+
     # x_proj's output for this sequence: the kernel-1 partials summed over the channel blocks, in a fixed order.
     offs_k = tl.arange(0, BLOCK_BLOCKS)
     rows = partial_ptr + (pid_b * n_blocks + offs_k[:, None]) * BLOCK_P  # [BLOCK_BLOCKS, 1]
@@ -122,19 +135,8 @@ def _project_state_step_kernel(
     B = B.to(dtype).to(tl.float32)  # [BLOCK_N]
     C = C.to(dtype).to(tl.float32)
 
-    # dt_proj for this block's channels only.
-    w = tl.load(
-        dt_w_ptr + offs_d.to(tl.int64)[:, None] * stride_dt_w_d + offs_r[None, :],
-        mask=mask_d[:, None] & mask_r[None, :],
-        other=0.0,
-    )  # [BLOCK_D, BLOCK_R]
-    dt = tl.sum(w.to(tl.float32) * dt_in[None, :], axis=1).to(dtype).to(tl.float32)  # [BLOCK_D]
-
-    x = tl.load(conv_out_ptr + pid_b * dim + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    y = _state_step_rows(
-        ssm_state_ptr, A_ptr, D_ptr, z_ptr, dt_bias_ptr, pid_b, offs_d, mask_d, x, dt, B, C, dstate,
-        stride_state_b, stride_state_d, stride_A_d, stride_z_b, HAS_D, HAS_Z, HAS_DT_BIAS, True, BLOCK_N,
-    )  # fmt: skip
+    dt = tl.sum(w.to(tl.float32) * dt_in[None, :], axis=1).to(dtype).to(tl.float32)  # [BLOCK_D], dt_proj
+    y = _advance_state_rows(state_ptrs, mask_dn, state, A, D, z, dt_bias, x, dt, B, C, HAS_D, HAS_Z, True)
     tl.store(out_ptr + pid_b * dim + offs_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 

@@ -22,51 +22,49 @@ __all__ = ["selective_state_update"]
 
 
 @triton.jit
-def _state_step_rows(
-    state_ptr,
-    A_ptr,
-    D_ptr,
-    z_ptr,
-    dt_bias_ptr,
-    pid_b,
-    offs_d,
-    mask_d,
-    x,
-    dt,
-    B,
-    C,
-    dstate,
-    stride_state_b,
-    stride_state_d,
-    stride_A_d,
-    stride_z_b,
-    HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr,
-    HAS_DT_BIAS: tl.constexpr,
-    DT_SOFTPLUS: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """One step for the channels `offs_d` `[BLOCK_D]` of sequence `pid_b` (int64), given x, dt `[BLOCK_D]` and B, C
-    `[BLOCK_N]` in fp32: updates their state rows in place, returns the gated output `[BLOCK_D]` in fp32. Shared with
-    the fused mixer step (`kernels/mixer_step`)."""
+def _load_state_rows(
+    state_ptr, A_ptr, D_ptr, z_ptr, dt_bias_ptr, pid_b, offs_d, mask_d, dstate,
+    stride_state_b, stride_state_d, stride_A_d, stride_z_b,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Everything the step of channels `offs_d` `[BLOCK_D]` of sequence `pid_b` (int64) reads besides x, dt, B, C:
+    (state pointers, their mask, state, A `[BLOCK_D, BLOCK_N]`; D, z, dt_bias `[BLOCK_D]`), fp32, zeros where absent.
+    Separate from `_advance_state_rows` so a kernel can issue these loads before its own long-latency work (a load
+    after a cross-warp reduction cannot be moved above it). Shared with the fused mixer step (`kernels/mixer_step`)."""
     offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N]
     mask_dn = mask_d[:, None] & (offs_n < dstate)[None, :]
     offs_d64 = offs_d.to(tl.int64)
     state_ptrs = state_ptr + pid_b * stride_state_b + offs_d64[:, None] * stride_state_d + offs_n[None, :]
     state = tl.load(state_ptrs, mask=mask_dn, other=0.0)  # [BLOCK_D, BLOCK_N] fp32
+    A = tl.load(A_ptr + offs_d64[:, None] * stride_A_d + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    D = tl.zeros(offs_d.shape, dtype=tl.float32)
+    z = tl.zeros(offs_d.shape, dtype=tl.float32)
+    dt_bias = tl.zeros(offs_d.shape, dtype=tl.float32)
+    if HAS_D:
+        D = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + pid_b * stride_z_b + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_DT_BIAS:
-        dt += tl.load(dt_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        dt_bias = tl.load(dt_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    return state_ptrs, mask_dn, state, A, D, z, dt_bias
+
+
+@triton.jit
+def _advance_state_rows(
+    state_ptrs, mask_dn, state, A, D, z, dt_bias, x, dt, B, C,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+):  # fmt: skip
+    """The step on what `_load_state_rows` loaded, given x, dt `[BLOCK_D]` and B, C `[BLOCK_N]` in fp32: stores the
+    new state rows, returns the gated output `[BLOCK_D]` in fp32."""
+    dt += dt_bias
     if DT_SOFTPLUS:
         dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))), dt)
-    A = tl.load(A_ptr + offs_d64[:, None] * stride_A_d + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-
     state = tl.exp(dt[:, None] * A) * state + (dt * x)[:, None] * B[None, :]
     tl.store(state_ptrs, state, mask=mask_dn)
     y = tl.sum(state * C[None, :], axis=1)  # [BLOCK_D]
     if HAS_D:
-        y += tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) * x
+        y += D * x
     if HAS_Z:
-        z = tl.load(z_ptr + pid_b * stride_z_b + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         y *= z * tl.sigmoid(z)
     return y
 
@@ -115,10 +113,11 @@ def _selective_state_update_kernel(
     dt = tl.load(dt_ptr + pid_b * stride_dt_b + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     B = tl.load(B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     C = tl.load(C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    y = _state_step_rows(
-        state_ptr, A_ptr, D_ptr, z_ptr, dt_bias_ptr, pid_b, offs_d, mask_d, x, dt, B, C, dstate,
-        stride_state_b, stride_state_d, stride_A_d, stride_z_b, HAS_D, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, BLOCK_N,
+    state_ptrs, mask_dn, state, A, D, z, dt_bias = _load_state_rows(
+        state_ptr, A_ptr, D_ptr, z_ptr, dt_bias_ptr, pid_b, offs_d, mask_d, dstate,
+        stride_state_b, stride_state_d, stride_A_d, stride_z_b, HAS_D, HAS_Z, HAS_DT_BIAS, BLOCK_N,
     )  # fmt: skip
+    y = _advance_state_rows(state_ptrs, mask_dn, state, A, D, z, dt_bias, x, dt, B, C, HAS_D, HAS_Z, DT_SOFTPLUS)
     tl.store(out_ptr + pid_b * dim + offs_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
