@@ -356,7 +356,7 @@ def mixer_step(
     """One decoding step of a Mamba-1 mixer between in_proj and out_proj; updates both states in place.
 
     Math in `kernels/mixer_step/ref.py`: conv step + SiLU, x_proj, dt_proj, SSM step (softplus step size, D skip,
-    SiLU(z) gate). On the Triton path two kernels instead of the unfused ops' five launches.
+    SiLU(z) gate). On the Triton path two kernels instead of the unfused ops' four launches.
 
     x, z: `(batch, dim)`, the halves of in_proj's output; conv_state `(batch, dim, state_len >= width - 1)`;
     ssm_state `(batch, dim, dstate)` fp32; conv_weight `(dim, width)`; conv_bias, D, dt_bias `(dim,)`;

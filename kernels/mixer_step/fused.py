@@ -1,15 +1,16 @@
 """The mixer's decode step in two Triton kernels (inference only: updates both states in place, no autograd).
 
-Spec: `kernels/mixer_step/ref.py`. Unfused, the step between in_proj and out_proj is five launches (conv step,
-x_proj, dt_proj, SSM step, and the conv's output round trip). At batch 1 every kernel is a few microseconds of launch
-and latency, so the count of launches sets the decode speed, not the bytes. Here:
+Spec: `kernels/mixer_step/ref.py`. Unfused, the step between in_proj and out_proj is four launches (conv step,
+x_proj, dt_proj, SSM step). At batch 1 every kernel is a few microseconds of launch and latency, so the count of
+launches sets the decode speed, not the bytes. Here:
 
 1. `_conv_step_project_kernel`, one program per `BLOCK_D` channels of one sequence: the conv step (state shifted in
    place), SiLU, the result stored (the SSM step needs it), and this block's share of x_proj,
    `x_proj_weight[:, block] @ x[block]`, stored as a partial sum `[n_proj]` in fp32.
 2. `_project_state_step_kernel`, one program per `BLOCK_D` channels of one sequence: the sum of the partials (x_proj
    needs every channel, so it cannot finish inside kernel 1 without a grid-wide sync; summing a few dozen partials in
-   a fixed order is deterministic, unlike atomics), then dt_proj for its own channels, and the SSM step.
+   a fixed order is deterministic, unlike atomics), then dt_proj for its own channels, and the SSM step. Below
+   batch 16 it loads the state and constants before the sums (`EARLY_LOADS`); `kernels/NOTES.md` has the timings.
 
 x_proj's output and dt are rounded to x's dtype where the unfused step holds them in a tensor of that dtype, so the
 fused step reproduces it (and the prefill path) up to summation order.
@@ -102,6 +103,7 @@ def _project_state_step_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_BLOCKS: tl.constexpr,
+    PARTIAL_CHUNKS: tl.constexpr,
     EARLY_LOADS: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
@@ -127,13 +129,19 @@ def _project_state_step_kernel(
         x = tl.load(conv_out_ptr + pid_b * dim + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         w = tl.load(dt_w_ptr + offs_d.to(tl.int64)[:, None] * stride_dt_w_d + offs_r[None, :], mask=mask_dr, other=0.0)
 
-    # x_proj's output for this sequence: the kernel-1 partials summed over the channel blocks, in a fixed order.
-    offs_k = tl.arange(0, BLOCK_BLOCKS)
-    rows = partial_ptr + (pid_b * n_blocks + offs_k[:, None]) * BLOCK_P  # [BLOCK_BLOCKS, 1]
-    mask_k = (offs_k < n_blocks)[:, None]
-    dt_in = tl.sum(tl.load(rows + offs_r[None, :], mask=mask_k & mask_r[None, :], other=0.0), axis=0)
-    B = tl.sum(tl.load(rows + dt_rank + offs_n[None, :], mask=mask_k & mask_n[None, :], other=0.0), axis=0)
-    C = tl.sum(tl.load(rows + dt_rank + dstate + offs_n[None, :], mask=mask_k & mask_n[None, :], other=0.0), axis=0)
+    # x_proj's output for this sequence: the kernel-1 partials summed over the channel blocks, in a fixed order,
+    # BLOCK_BLOCKS of them at a time (one chunk up to 2048 channels; more keep the tiles small for wide models).
+    dt_in = tl.zeros([BLOCK_R], dtype=tl.float32)
+    B = tl.zeros([BLOCK_N], dtype=tl.float32)
+    C = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for chunk in tl.static_range(PARTIAL_CHUNKS):
+        offs_k = chunk * BLOCK_BLOCKS + tl.arange(0, BLOCK_BLOCKS)
+        rows = partial_ptr + (pid_b * n_blocks + offs_k[:, None]) * BLOCK_P  # [BLOCK_BLOCKS, 1]
+        mask_k = (offs_k < n_blocks)[:, None]
+        dt_in += tl.sum(tl.load(rows + offs_r[None, :], mask=mask_k & mask_r[None, :], other=0.0), axis=0)
+        B += tl.sum(tl.load(rows + dt_rank + offs_n[None, :], mask=mask_k & mask_n[None, :], other=0.0), axis=0)
+        C_rows = rows + dt_rank + dstate + offs_n[None, :]
+        C += tl.sum(tl.load(C_rows, mask=mask_k & mask_n[None, :], other=0.0), axis=0)
     dt_in = dt_in.to(dtype).to(tl.float32)  # [BLOCK_R]
     B = B.to(dtype).to(tl.float32)  # [BLOCK_N]
     C = C.to(dtype).to(tl.float32)
@@ -181,10 +189,9 @@ def mixer_step(
 
     block_s = triton.next_power_of_2(state_len)
     block_p = triton.next_power_of_2(n_proj)
-    # Channels per program: enough programs to spread a batch-1 step over the GPU, few enough that the second
-    # kernel sums a short list of partials.
     block_d, block_d_state = channel_blocks(dim, batch)
     n_blocks = triton.cdiv(dim, block_d)
+    block_blocks = min(32, max(2, triton.next_power_of_2(n_blocks)))
     conv_out = empty(batch, dim, device=x.device, dtype=x.dtype)
     partial = empty(batch, n_blocks, block_p, device=x.device, dtype=torch.float32)
     out = empty(batch, dim, device=x.device, dtype=x.dtype)
@@ -201,7 +208,8 @@ def mixer_step(
         A.stride(0),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
         BLOCK_D=block_d_state, BLOCK_N=triton.next_power_of_2(dstate), BLOCK_R=max(2, triton.next_power_of_2(dt_rank)),
-        BLOCK_P=block_p, BLOCK_BLOCKS=max(2, triton.next_power_of_2(n_blocks)), EARLY_LOADS=batch < _LARGE_BATCH,
+        BLOCK_P=block_p, BLOCK_BLOCKS=block_blocks, PARTIAL_CHUNKS=triton.cdiv(n_blocks, block_blocks),
+        EARLY_LOADS=batch < _LARGE_BATCH,
         num_warps=4,
     )  # fmt: skip
     return out

@@ -30,6 +30,7 @@ from kernels.mixer_step import ref  # noqa: E402
         (3, 40, 4, 1, 2, 5, False),  # no z, D, biases; rank 1; a conv state longer than the window
         (2, 70, 64, 8, 7, 6, True),  # dstate 64, width 7, five channel blocks
         (16, 40, 16, 3, 4, 3, True),  # batch >= 16: kernel 2 takes twice kernel 1's channels per program
+        (1, 2100, 4, 2, 4, 3, True),  # 33 channel blocks of 64: kernel 2 sums the partials in two chunks
     ],
 )
 def test_mixer_step_matches_unfused_reference(batch, dim, dstate, dt_rank, width, state_len, optional, dtype):
