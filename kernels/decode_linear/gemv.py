@@ -2,7 +2,8 @@
 
 Spec: `kernels/decode_linear/ref.py`. At batch 1 a 130M model's in_proj (768 -> 3072) and out_proj (1536 -> 768) are
 matrix-vector products that should take about as long as reading their weights (4.7 and 2.4 MB: ~1.5 and ~0.8 us on an
-H100). cuBLAS runs them as tensor-core GEMMs with 64-row tiles, i.e. only 48 and 12 thread blocks: ~4.6 us each.
+H100). cuBLAS runs them as tensor-core GEMMs with 64-row tiles, i.e. only 48 and 12 thread blocks: 3.5 and 4.2 us
+(CUDA-graph timing of the op alone; ~4.6 us each in the model's profile).
 Here every program owns `BLOCK_N` whole weight rows (a tile of ~4096 elements) and one input row, issues all its loads
 at once and reduces: one memory round trip, spread over several hundred programs. (A first version looped over K in
 256-wide chunks, with a separate pass for the norm statistics: its chain of dependent loads made it slower than
@@ -25,7 +26,9 @@ from kernels.rms_norm.fused import rms_norm
 
 __all__ = ["MAX_ROWS", "decode_linear", "decode_rms_norm_linear"]
 
-MAX_ROWS = 2  # H100: at 1 row the GEMV takes 2.4 us vs cuBLAS 3.5-4.2; at 8 rows 5-8 us vs 3.4-4.2
+# H100, 130M in_proj / out_proj: 1 row 2.4 / 2.4 us vs cuBLAS 3.5 / 4.2; 2 rows 3.1 / 2.5 vs 3.4 / 4.2;
+# 4 rows 4.9 / 3.1 vs 3.4 / 4.2 (in_proj loses); 8 rows 8.1 / 5.1 vs 3.4 / 4.2.
+MAX_ROWS = 2
 MAX_K = 8192  # one program holds a whole row of the input
 _TILE = 4096  # weight elements per program: 32 fp32 registers per thread at 4 warps
 
