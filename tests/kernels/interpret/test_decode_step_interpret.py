@@ -56,7 +56,7 @@ def test_mixer_step_rejects_bad_shapes_by_name():
 @pytest.mark.parametrize("rows", [1, 2, 3])  # 3: more than MAX_ROWS, the norm kernel + matmul route
 @pytest.mark.parametrize("residual, bias, residual_in_fp32", [(True, False, True), (False, True, False)])
 def test_decode_rms_norm_linear_matches_reference(rows, residual, bias, residual_in_fp32, dtype):
-    K, N = 300, 37  # two K chunks, the second partial; a partial block of output features
+    K, N = 300, 37  # a row shorter than its power-of-two block (masked tail); a partial block of output features
     g = torch.Generator().manual_seed(rows)
     args = dict(
         x=torch.randn(rows, K, generator=g).to(dtype),
