@@ -270,6 +270,24 @@ def _check_activation(activation: str | None) -> None:
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
 
 
+def _check_conv_weight(name: str, weight: torch.Tensor, dim: int) -> int:
+    """A depthwise conv weight `(dim, width >= 2)`; returns the width."""
+    check_tensor(name, weight, 2)
+    if weight.shape[0] != dim or weight.shape[1] < 2:
+        raise ValueError(f"{name} must have shape (dim={dim}, width>=2), got {tuple(weight.shape)}")
+    return weight.shape[1]
+
+
+def _check_conv_state(conv_state: torch.Tensor, batch: int, dim: int, width: int) -> None:
+    """A decoding conv state `(batch, dim, state_len >= width - 1)`."""
+    check_tensor("conv_state", conv_state, 3)
+    if conv_state.shape[:2] != (batch, dim) or conv_state.shape[2] < width - 1:
+        raise ValueError(
+            f"conv_state must have shape (batch={batch}, dim={dim}, >= width-1={width - 1}), "
+            f"got {tuple(conv_state.shape)}"
+        )
+
+
 def causal_conv1d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -288,10 +306,7 @@ def causal_conv1d(
     """
     check_tensor("x", x, 3)
     batch, dim, _ = x.shape
-    check_tensor("weight", weight, 2)
-    if weight.shape[0] != dim or weight.shape[1] < 2:
-        raise ValueError(f"weight must have shape (dim={dim}, width>=2), got {tuple(weight.shape)}")
-    width = weight.shape[1]
+    width = _check_conv_weight("weight", weight, dim)
     check_tensor("bias", bias, 1, optional=True)
     check_shape("bias", bias, (dim,))
     check_tensor("initial_state", initial_state, 3, optional=True)
@@ -323,15 +338,7 @@ def causal_conv1d_update(
     """
     check_tensor("x", x, 2)
     batch, dim = x.shape
-    check_tensor("conv_state", conv_state, 3)
-    check_tensor("weight", weight, 2)
-    if weight.shape[0] != dim or weight.shape[1] < 2:
-        raise ValueError(f"weight must have shape (dim={dim}, width>=2), got {tuple(weight.shape)}")
-    if conv_state.shape[:2] != (batch, dim) or conv_state.shape[2] < weight.shape[1] - 1:
-        raise ValueError(
-            f"conv_state must have shape (batch={batch}, dim={dim}, >= width-1={weight.shape[1] - 1}), "
-            f"got {tuple(conv_state.shape)}"
-        )
+    _check_conv_state(conv_state, batch, dim, _check_conv_weight("weight", weight, dim))
     check_tensor("bias", bias, 1, optional=True)
     check_shape("bias", bias, (dim,))
     _check_activation(activation)
@@ -367,16 +374,7 @@ def mixer_step(
     batch, dim = x.shape
     check_tensor("z", z, 2, optional=True)
     check_shape("z", z, (batch, dim))
-    check_tensor("conv_weight", conv_weight, 2)
-    width = conv_weight.shape[1]
-    if conv_weight.shape[0] != dim or width < 2:
-        raise ValueError(f"conv_weight must have shape (dim={dim}, width>=2), got {tuple(conv_weight.shape)}")
-    check_tensor("conv_state", conv_state, 3)
-    if conv_state.shape[:2] != (batch, dim) or conv_state.shape[2] < width - 1:
-        raise ValueError(
-            f"conv_state must have shape (batch={batch}, dim={dim}, >= width-1={width - 1}), "
-            f"got {tuple(conv_state.shape)}"
-        )
+    _check_conv_state(conv_state, batch, dim, _check_conv_weight("conv_weight", conv_weight, dim))
     check_tensor("ssm_state", ssm_state, 3)
     if ssm_state.shape[:2] != (batch, dim) or ssm_state.dtype != torch.float32:
         raise ValueError(

@@ -17,11 +17,11 @@ launchers hand over to the fused norm kernel and cuBLAS, which are the right too
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from kernels._triton_utils import empty
+from kernels.decode_linear import ref
 from kernels.rms_norm.fused import rms_norm
 
 __all__ = ["MAX_ROWS", "decode_linear", "decode_rms_norm_linear"]
@@ -101,7 +101,7 @@ def _launch(x, weight, bias, *, norm_weight=None, residual=None, residual_out=No
 def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Same contract as the reference. Up to `MAX_ROWS` rows of up to `MAX_K`: the GEMV kernel; else cuBLAS."""
     if x.shape[0] > MAX_ROWS or x.shape[1] > MAX_K:
-        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        return ref.decode_linear(x, weight, bias)  # F.linear, i.e. cuBLAS on a GPU
     return _launch(x, weight, bias)
 
 

@@ -33,5 +33,7 @@ def decode_rms_norm_linear(
     residual_in_fp32: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x, residual `(rows, K)`, norm_weight `(K,)`, weight `(N, K)` -> (out `(rows, N)` in x's dtype, new residual)."""
-    normed, residual = rms_norm(x, norm_weight, None, residual, eps=eps, prenorm=True, residual_in_fp32=residual_in_fp32)
+    normed, residual = rms_norm(
+        x, norm_weight, None, residual, eps=eps, prenorm=True, residual_in_fp32=residual_in_fp32
+    )
     return decode_linear(normed, weight, bias), residual
