@@ -172,10 +172,8 @@ def segment_note(shape) -> str:
     batch, dim, seqlen, dstate = shape
     parts = []
     for kind in ("fwd", "bwd"):
-        cfg = scan._config(kind, dstate)
-        block_d, seg_len, n_segments = scan._plan(
-            kind, cfg["BLOCK_D"], cfg["BLOCK_L"], batch, dim, seqlen, 1, torch.device("cuda")
-        )
+        plan = scan._direction_plan(kind, dstate, batch, dim, seqlen, 1, torch.device("cuda"))
+        block_d, seg_len, n_segments = plan[1:]
         if n_segments > 1:
             parts.append(f"{kind} {n_segments} x {seg_len} (BLOCK_D {block_d})")
     return "segments " + ", ".join(parts) if parts else ""
@@ -280,9 +278,7 @@ def bench_conv(shape, width=4, *, fwd=True, channel_last=False):
     moved = nbytes(x, w, b, out)
     if fwd:
         with torch.no_grad():
-            record(
-                "conv fwd", shape, impl, bench(lambda: conv.causal_conv1d(x, w, b, activation="silu")), moved, err
-            )
+            record("conv fwd", shape, impl, bench(lambda: conv.causal_conv1d(x, w, b, activation="silu")), moved, err)
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]
 
     def step(fn):
@@ -591,8 +587,12 @@ def main(argv=None):
         ("scan", lambda: bench_scan((8, 1536, 2048, 16), check_grads=True, compare_reductions=True)),
         ("scan", lambda: bench_scan((8, 1536, 2048, 16), check_grads=True, channel_last=True)),
         ("scan", lambda: bench_scan((4, 5120, 2048, 16), check_channels=512)),
-        ("scan", lambda: bench_scan((1, 1536, 65536, 16), check_channels=256, compare_reductions=True,
-                                    compare_single_segment=True)),
+        (
+            "scan",
+            lambda: bench_scan(
+                (1, 1536, 65536, 16), check_channels=256, compare_reductions=True, compare_single_segment=True
+            ),
+        ),
         ("scan", lambda: bench_scan((2, 2048, 16384, 16), check_channels=256, compare_single_segment=True)),
         ("scan", lambda: bench_scan((8, 1536, 2048, 64), check_channels=512)),
         ("conv", lambda: bench_conv((8, 1536, 2048))),

@@ -110,12 +110,18 @@ SEGMENT_PROGRAMS_PER_SM = 32
 # call for the extra launches); at 4096 steps four segments took 1199 us against 1962 (H100, kernels/NOTES.md).
 MIN_SEGMENTS = 4
 SEGMENT_LEN: dict[str, int | None] = {"fwd": None, "bwd": None}
+# Channel blocks of segmented grids, per dstate like CONFIGS: there the segments, not the channels, fill the GPU, so
+# the block that is cheapest per element wins even where it would leave a single-segment grid short of programs.
+SEGMENT_BLOCK_D: dict[str, dict[int, int]] = {"fwd": {16: 16, 64: 4}, "bwd": {16: 8, 64: 2}}
+
+
+def _by_dstate(table: dict[int, object], dstate: int):
+    """The entry for the smallest dstate key >= dstate (else the largest key)."""
+    return table[min((k for k in table if k >= dstate), default=max(table))]
 
 
 def _config(kind: str, dstate: int) -> dict[str, int]:
-    table = CONFIGS[kind]
-    key = min((k for k in table if k >= dstate), default=max(table))
-    return dict(table[key])
+    return dict(_by_dstate(CONFIGS[kind], dstate))
 
 
 @triton.jit
@@ -777,15 +783,26 @@ def _block_d(block_d: int, dim: int, groups: int, batch: int = 1, device: torch.
     return block_d
 
 
-def _plan(kind: str, block_d: int, block_l: int, batch: int, dim: int, seqlen: int, groups: int, device) -> tuple:
+def _plan(
+    kind: str,
+    block_d: int,
+    block_l: int,
+    batch: int,
+    dim: int,
+    seqlen: int,
+    groups: int,
+    device,
+    segment_block_d: int | None = None,
+) -> tuple:
     """(BLOCK_D, steps per segment, segments) for one direction ("fwd" or "bwd").
 
     Segments (sequence-parallel scan) when the grid of `batch * dim / BLOCK_D` programs would give fewer than
-    MIN_PROGRAMS_PER_SM per SM and the sequence has room for MIN_SEGMENTS SEGMENT_MIN_LEN segments: then as many as
-    give ~SEGMENT_PROGRAMS_PER_SM programs per SM, at the configured BLOCK_D (one-warp programs with 16 channels keep
-    the per-element work cheapest, see kernels/NOTES.md). Otherwise one segment and the channel block shrinks instead
-    (the earlier remedy, kept where the sequence is short). `SEGMENT_LEN[kind]` overrides the choice on any device."""
+    MIN_PROGRAMS_PER_SM per SM and the sequence has room for MIN_SEGMENTS SEGMENT_MIN_LEN segments: then channel
+    blocks of `segment_block_d` (default `block_d`; the launchers pass SEGMENT_BLOCK_D) and as many segments as give
+    ~SEGMENT_PROGRAMS_PER_SM programs per SM. Otherwise one segment and the channel block shrinks instead (the
+    earlier remedy, kept where the sequence is short). `SEGMENT_LEN[kind]` overrides the choice on any device."""
     full_block_d = _block_d(block_d, dim, groups)
+    seg_block_d = _block_d(segment_block_d or block_d, dim, groups)
     padded = triton.cdiv(max(seqlen, 1), block_l) * block_l  # steps in whole chunks
     forced = SEGMENT_LEN[kind]
     if forced is not None:
@@ -795,14 +812,24 @@ def _plan(kind: str, block_d: int, block_l: int, batch: int, dim: int, seqlen: i
     else:
         seg_len = padded
         sms = _num_sms(device)
-        programs = batch * triton.cdiv(dim, full_block_d)
-        if sms and programs < MIN_PROGRAMS_PER_SM * sms and seqlen >= MIN_SEGMENTS * SEGMENT_MIN_LEN:
+        underfilled = sms and batch * triton.cdiv(dim, full_block_d) < MIN_PROGRAMS_PER_SM * sms
+        if underfilled and seqlen >= MIN_SEGMENTS * SEGMENT_MIN_LEN:
+            programs = batch * triton.cdiv(dim, seg_block_d)
             n_segments = min(triton.cdiv(SEGMENT_PROGRAMS_PER_SM * sms, programs), seqlen // SEGMENT_MIN_LEN)
             seg_len = triton.cdiv(triton.cdiv(seqlen, n_segments), block_l) * block_l
     n_segments = triton.cdiv(padded, seg_len)
     if n_segments == 1:
         return _block_d(block_d, dim, groups, batch, device), padded, 1
-    return full_block_d, seg_len, n_segments
+    return seg_block_d, seg_len, n_segments
+
+
+def _direction_plan(kind: str, dstate: int, batch: int, dim: int, seqlen: int, groups: int, device) -> tuple:
+    """(launch config less BLOCK_D, BLOCK_D, steps per segment, segments) of one direction from CONFIGS and
+    SEGMENT_BLOCK_D (see `_plan`)."""
+    cfg = _config(kind, dstate)
+    segment_block_d = _by_dstate(SEGMENT_BLOCK_D[kind], dstate)
+    plan = _plan(kind, cfg.pop("BLOCK_D"), cfg["BLOCK_L"], batch, dim, seqlen, groups, device, segment_block_d)
+    return cfg, *plan
 
 
 def _split_bc(BC: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -878,10 +905,9 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     dstate = A.shape[1]
     groups, *B_strides = _split_bc(B)
     _, *C_strides = _split_bc(C)
-    cfg = _config("fwd", dstate)
+    cfg, block_d, seg_len, n_segments = _direction_plan("fwd", dstate, batch, dim, seqlen, groups, u.device)
     block_l = cfg["BLOCK_L"]  # also the interval of the saved states (see _save_every)
     n_chunks = _n_chunks(seqlen, dstate)
-    block_d, seg_len, n_segments = _plan("fwd", cfg.pop("BLOCK_D"), block_l, batch, dim, seqlen, groups, u.device)
     cfg["num_warps"], time_in_thread = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
     out = empty_sequence(u)
     last_state = empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
@@ -972,13 +998,10 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
     dstate = A.shape[1]
     groups, *B_strides = _split_bc(B)
     _, *C_strides = _split_bc(C)
-    cfg = _config("bwd", dstate)
+    cfg, block_d, seg_len, n_segments = _direction_plan("bwd", dstate, batch, dim, seqlen, groups, u.device)
     save_every = _save_every(dstate)
     n_saved = states.shape[2]
     n_chunks = triton.cdiv(max(seqlen, 1), cfg["BLOCK_L"])
-    block_d, seg_len, n_segments = _plan(
-        "bwd", cfg.pop("BLOCK_D"), cfg["BLOCK_L"], batch, dim, seqlen, groups, u.device
-    )
     cfg["num_warps"], _ = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
     parts_per_group = triton.cdiv(dim // groups, block_d)
     partials = (

@@ -132,7 +132,7 @@ def test_scan_long_sequence_segmented():
     shape, channels = (1, 1536, 65536, 16), 128
     for dim in (shape[1], channels):
         for kind in ("fwd", "bwd"):
-            plan = scan._plan(kind, scan._config(kind, 16)["BLOCK_D"], 8, 1, dim, shape[2], 1, torch.device("cuda"))
+            plan = scan._direction_plan(kind, 16, 1, dim, shape[2], 1, torch.device("cuda"))[1:]
             assert plan[2] > 1, f"{kind} at dim {dim} should be segmented, got {plan}"
     inputs = scan_inputs(*shape, torch.bfloat16)
     dout = torch.randn_like(inputs["u"])

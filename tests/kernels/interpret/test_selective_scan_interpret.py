@@ -396,25 +396,31 @@ def test_scan_segmented_channel_last(monkeypatch, segments):
 @pytest.mark.parametrize("kind", ["fwd", "bwd"])
 def test_segment_plan_on_an_h100(monkeypatch, kind):
     # The automatic choice, for an H100's 132 SMs: model-size batches keep the single-segment grid and its block
-    # shapes (unchanged speed there); batch-1 long sequences get segments at the configured BLOCK_D; short sequences
-    # with a small batch keep the older remedy (a smaller channel block).
+    # shapes (unchanged speed there); batch-1 long sequences get segments with SEGMENT_BLOCK_D's channel blocks;
+    # short sequences with a small batch keep the older remedy (a smaller channel block).
     monkeypatch.setattr(scan, "_num_sms", lambda device: 132)
-    block_d = scan._config(kind, 16)["BLOCK_D"]
+    block_d, block_l = scan._config(kind, 16)["BLOCK_D"], scan._config(kind, 16)["BLOCK_L"]
+    seg_block_d = scan.SEGMENT_BLOCK_D[kind][16]
 
     def plan(batch, dim, seqlen, groups=1):
-        return scan._plan(kind, block_d, 8, batch, dim, seqlen, groups, "cuda")
+        via_tables = scan._direction_plan(kind, 16, batch, dim, seqlen, groups, "cuda")[1:]
+        assert via_tables == scan._plan(kind, block_d, block_l, batch, dim, seqlen, groups, "cuda", seg_block_d)
+        return via_tables
 
     assert plan(8, 1536, 2048) == (block_d, 2048, 1)
     assert plan(4, 5120, 2048) == (block_d, 2048, 1)
     got_block_d, seg_len, n_segments = plan(1, 1536, 65536)
-    assert got_block_d == block_d and n_segments > 1 and seg_len % 8 == 0 and seg_len >= scan.SEGMENT_MIN_LEN
+    assert got_block_d == seg_block_d and n_segments > 1 and seg_len % block_l == 0
+    assert seg_len >= scan.SEGMENT_MIN_LEN
     assert seg_len * (n_segments - 1) < 65536 <= seg_len * n_segments
-    assert 1536 // block_d * n_segments >= scan.MIN_PROGRAMS_PER_SM * 132
+    assert 1536 // seg_block_d * n_segments >= scan.MIN_PROGRAMS_PER_SM * 132
     assert plan(2, 2048, 16384)[2] > 1
     assert plan(1, 1536, 1024)[2] == 1 and plan(1, 1536, 1024)[0] < block_d
     assert plan(1, 1536, 2048)[2] == 1, "two segments timed slower than smaller channel blocks"
     assert plan(1, 1536, 4096)[2] >= scan.MIN_SEGMENTS
-    assert plan(1, 1536, 65536, groups=4)[0] == block_d  # 384 channels per group: the block still fits
+    assert plan(1, 1536, 65536, groups=4)[0] == seg_block_d  # 384 channels per group: the block still fits
+    # Without a segment block, segments keep the configured one.
+    assert scan._plan(kind, block_d, block_l, 1, 1536, 65536, 1, "cuda")[0] == block_d
 
 
 def test_segment_len_must_be_a_multiple_of_the_chunk(segments):
