@@ -18,24 +18,25 @@ so the threads spread over (state, channel) pairs and each holds all steps of it
 thread (measured 2-3x faster than spreading time over lanes). When gradients are needed, the state at the start of
 every chunk is saved (fp32, `(batch, dim, n_chunks, dstate)`): that is all the backward needs.
 
-Backward. With `g[t] = dL/dh[t]` the adjoint obeys the reverse recurrence::
+Backward. With `g[t] = dL/dh[t]` and `q[t] = a[t] g[t]` (what step t hands back to step t-1) the adjoint obeys::
 
-    g[t] = a[t+1] * g[t+1] + C[n, t] * dy[t]          g[L-1] = C dy + dL/d(last_state)
+    g[t] = C[n, t] * dy[t] + q[t+1]          q[L] = dL/d(last_state)          d initial_state = q[0]
 
-which is the same scan run backwards over `(a[t+1], C*dy)`. Each program walks the chunks from the last to the first,
-recomputes the chunk's forward states from the saved chunk-start state, scans the adjoint, and forms, with
+Each program walks the chunks from the last to the first. For a chunk (the BLOCK_L steps between two saved states) it
+loads the sequences and B/C as whole tiles, walks forward one step at a time from the saved state keeping every h[t],
+then walks backward one step at a time carrying q (no decay is ever shifted to a neighbouring step), and forms, with
 `a[t] * h[t-1] = h[t] - dt*B*u` (no shifted read of h)::
 
     du[t]     = dt * sum_n g B + D dy                  ddt[t] = sum_n g A (h - dt B u) + u sum_n g B
     dA[d, n] += sum_t g dt (h - dt B u)                dB[n, t] += sum_d g dt u      dC[n, t] += sum_d dy h
-    dD       += sum_t dy u                             d initial_state = a[0] * g[0]
-    ddelta    = ddt * sigmoid(delta + delta_bias)      (with softplus)
+    dD       += sum_t dy u                             ddelta    = ddt * sigmoid(delta + delta_bias)  (softplus)
 
-How the backward is laid out (kernels/NOTES.md, v8): every tile is 3-D `[BLOCK_L, BLOCK_D, BLOCK_N]` (time inside each
-thread, channels then states over the lanes); sequences and B/C are loaded through pointers repeated over the axis
-they lack, so loads land in the compute layout; the adjoint's reverse scan is a forward scan of the flipped chunk
-(`_adjoint_from`). The forward saves a state every forward chunk; the backward may use shorter chunks (SAVE_EVERY
-of them per saved state) and carries a saved state over the chunks before it.
+Every tile is 3-D `[BLOCK_L, BLOCK_D, BLOCK_N]`: time inside each thread (so picking a step is a register move),
+channels then states over the lanes, the remaining states inside each thread; sequences and B/C are loaded through
+pointers repeated over the axis they lack, so the loads land in that layout (kernels/NOTES.md, v8 and v9). The step-wise
+walks (v9) replaced chunk-wide associative scans (v8): the same function in about half the instructions per element,
+since no scan combines products of decays, nothing is shifted, and the chunk's forward walk needs no second exp2 of
+a shifted decay.
 
 Long sequences: segments. The grid above has only `batch * dim / BLOCK_D` programs, each walking the whole sequence:
 at (1, 1536, 65536) that is 96 one-warp programs for 132 SMs. When the grid would leave the GPU underfilled, time is
@@ -47,15 +48,14 @@ grid axis over segments. Both directions are linear recurrences whose value acro
               carry   h_start[0] = initial_state (or 0); h_start[k] = total_decay[k-1] * h_start[k-1] + e[k-1]
               pass 2  the forward above, each segment started from h_start[k]; the last one writes last_state
     backward  pass 1  every segment but the first runs the adjoint alone (no h needed: g depends only on a, C, dy)
-                      from g = 0 after its end and writes what it sends before its start, a[s_k] * g[s_k], and its
-                      sum of dt
+                      from q = 0 after its end and writes what it sends before its start, q[s_k] = a[s_k] g[s_k], and
+                      its sum of dt
               carry   G[K-1] = d last_state (or 0); G[k-1] = a[s_k] g_own[s_k] + total_decay[k] * G[k], where G[k] =
                       dL/dh[e_k] from the steps after segment k
-              pass 2  the backward above, each segment started from g_next = G[k]; segment 0 writes d initial_state
+              pass 2  the backward above, each segment started from q = G[k]; segment 0 writes d initial_state
 
-Inside a segment a[t+1] is read only for t+1 before the segment's end (t_hi): the last step of a segment takes no
-decay from the next segment's first step, which is exactly the factor a[s_{k+1}] that pass 1 puts into what segment
-k+1 sends back. The saved chunk-start states stay global (pass 2 writes them), so the forward's and the backward's
+A segment's steps use only their own decays: what the next segment's first step s_{k+1} contributes, a[s_{k+1}]
+included, arrives through q[s_{k+1}], which pass 1 and the carry deliver. The saved chunk-start states stay global (pass 2 writes them), so the forward's and the backward's
 segmentations are independent (each picks its own S for its own BLOCK_D). The extra cost is the pass 1 walk (~1 exp2
 per element again in the forward, a light adjoint-only scan in the backward) for tens of times more programs.
 
@@ -81,11 +81,15 @@ __all__ = ["selective_scan"]
 
 _LOG2E = 1.4426950408889634
 
-# Block shapes, chosen per dstate on an H100 (see kernels/NOTES.md, v8). The forward's BLOCK_L is also the interval at
-# which it saves states for the backward; the backward's BLOCK_L must divide it (by a power of two, see _save_every).
+# Block shapes, chosen per dstate on an H100 (see kernels/NOTES.md, v8 and v9). The forward's BLOCK_L is also the
+# interval at which it saves states for the backward, whose chunks are the same (see _check_chunks). DBC_PER_STEP adds
+# the backward's dB/dC to memory after every step instead of once per chunk (fewer registers; measured 1.6-7x slower).
 CONFIGS: dict[str, dict[int, dict[str, int]]] = {
     "fwd": {16: dict(BLOCK_D=8, BLOCK_L=8, num_warps=1), 64: dict(BLOCK_D=4, BLOCK_L=8, num_warps=1)},
-    "bwd": {16: dict(BLOCK_D=4, BLOCK_L=4, num_warps=1), 64: dict(BLOCK_D=2, BLOCK_L=8, num_warps=1)},
+    "bwd": {
+        16: dict(BLOCK_D=4, BLOCK_L=8, DBC_PER_STEP=False, num_warps=1),
+        64: dict(BLOCK_D=4, BLOCK_L=8, DBC_PER_STEP=False, num_warps=1),
+    },
 }
 # dB/dC are sums over channels: fp32 atomics into one buffer ("atomics"), or per-program partial slices summed by
 # PyTorch afterwards ("partials", which fall back to atomics above PARTIALS_MAX_BYTES of scratch). Both timed the same
@@ -96,7 +100,7 @@ PARTIALS_MAX_BYTES = 2 << 30
 # the module docstring), else the channel block shrinks (down to 2) to make more programs. 8: an SM holds 8-12 of
 # these one-warp programs at once (160-255 registers each); the backward's 4-channel blocks at (2, 2048, 16384) are
 # 1024 programs, under one wave, and ran no faster than the old kernel until this was raised from 4.
-MIN_PROGRAMS_PER_SM = 8
+MIN_PROGRAMS_PER_SM: dict[str, int] = {"fwd": 8, "bwd": 4}
 # Segmented (sequence-parallel) scan: segments are at least SEGMENT_MIN_LEN steps, and as many as give about
 # SEGMENT_PROGRAMS_PER_SM programs per SM. The pass-2 kernels hold ~240 registers per thread, so only ~8 one-warp
 # programs fit on an SM at once; on an H100 the time was flat for 2-6 waves of those (segments of 1024-3000 steps at
@@ -146,15 +150,6 @@ def _softplus(x):
     # torch.nn.functional.softplus with its default threshold of 20, on the hardware exp2/log2 (MUFU ops):
     # log(1 + e^x) = log2(1 + 2^(x log2 e)) ln 2. tl.exp/tl.log compiled to ~3x the instructions.
     return tl.where(x <= 20.0, tl.log2(1.0 + tl.exp2(tl.minimum(x, 20.0) * 1.4426950408889634)) * 0.6931471805599453, x)
-
-
-@triton.jit
-def _softplus_and_slope(x):
-    # softplus(x) and its derivative sigmoid(x) = e^x / (1 + e^x), sharing the exponential.
-    e = tl.exp2(tl.minimum(x, 20.0) * 1.4426950408889634)
-    one_plus = 1.0 + e
-    softplus = tl.where(x <= 20.0, tl.log2(one_plus) * 0.6931471805599453, x)
-    return softplus, tl.fdiv(e, one_plus, ieee_rounding=False)
 
 
 @triton.jit
@@ -382,26 +377,6 @@ def _segment_carry_kernel(
 
 
 @triton.jit
-def _states_from(decay, inp, h_start, l3):
-    # h[t] = decay[t] h[t-1] + inp[t] over a chunk (axis 0) from h[-1] = h_start: the start state enters as part of the
-    # first step's input, so only the scan's second component is used and the running products of the decays are
-    # never formed (they compile away).
-    inp = inp + tl.where(l3 == 0, decay * h_start, 0.0)
-    return tl.associative_scan((decay, inp), axis=0, combine_fn=_scan_combine)[1]
-
-
-@triton.jit
-def _adjoint_from(decay_next, x, g_after, l3):
-    # g[t] = decay_next[t] g[t+1] + x[t] over a chunk (axis 0) from g[BLOCK_L] = g_after, as a forward scan of the
-    # time-reversed chunk. tl.flip of an axis held inside each thread is a renaming of registers, while Triton 3.6's
-    # `associative_scan(..., reverse=True)` compiled to ~640 warp shuffles per chunk (72% of this kernel's shuffles;
-    # kernels/NOTES.md, v8).
-    x = x + tl.where(l3 == x.shape[0] - 1, decay_next * g_after, 0.0)
-    g = tl.associative_scan((tl.flip(decay_next, 0), tl.flip(x, 0)), axis=0, combine_fn=_scan_combine)[1]
-    return tl.flip(g, 0)
-
-
-@triton.jit
 def _load_dt(ptrs, mask, bias, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr):
     # A [BLOCK_L, BLOCK_D, 1] tile of dt = softplus(delta + delta_bias) (each part optional) through _seq_load's
     # repeated pointers, 0 where mask is off (padding steps: decay 1, input 0).
@@ -432,10 +407,12 @@ def _seq_store(ptrs, value, mask):
 
 
 @triton.jit
-def _bc_load(ptrs, mask):
-    # B/C tiles: ptrs [BLOCK_L, BLOCK_D, BLOCK_N] repeat [BLOCK_L, 1, BLOCK_N] over the channels. Returns fp32
-    # [BLOCK_L, 1, BLOCK_N].
-    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+def _bc_load(ptrs, mask, TO_FP32: tl.constexpr = True):
+    # B/C tiles: ptrs [BLOCK_L, BLOCK_D, BLOCK_N] repeat [BLOCK_L, 1, BLOCK_N] over the channels. Returns
+    # [BLOCK_L, 1, BLOCK_N], fp32 or (TO_FP32=False) in the input's dtype.
+    x = tl.load(ptrs, mask=mask, other=0.0)
+    if TO_FP32:
+        x = x.to(tl.float32)
     return tl.reduce(x, 1, _pick_first, keep_dims=True)
 
 
@@ -543,35 +520,36 @@ def _selective_scan_bwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_L: tl.constexpr,
     N_LANES: tl.constexpr,
-    SAVE_EVERY: tl.constexpr,
+    DBC_PER_STEP: tl.constexpr,
 ):
     # Program (channel block, batch, segment): steps [t_lo, t_hi) (chunks [seg * seg_chunks, ...)) in reverse, from
-    # g_next = dL/dh[t_hi - 1] through the steps after the segment, read from dend_ptr (zero without HAS_DEND). The
-    # decay a[t+1] is read only for t + 1 < t_hi: what lies after the segment arrives through g_next alone.
+    # dL/dh[t_hi - 1] through the steps after the segment, read from dend_ptr (zero without HAS_DEND).
     #   SEGMENT_ADJOINT=False (the backward proper): all gradients; with HAS_DSTART, segment 0 writes
     #     d initial_state = a[0] g[0] to dstart_ptr.
     #   SEGMENT_ADJOINT=True (pass 1 of the segmented backward): the adjoint alone (no h, u, B or saved states);
     #     writes a[t_lo] g[t_lo] to dstart_ptr (batch, dim, segments, dstate) and the segment's sum of dt to dtsum_ptr.
     # dend/dstart are fp32 `(batch, dim, [segments,] dstate)` with unit stride on dstate (segment stride 0: one tensor).
     #
+    # A chunk is the BLOCK_L steps between two saved states. Its sequences and B/C are loaded as whole tiles, then
+    # it is walked one step at a time, twice: forward from the saved state, keeping every h[t] (`hs`), then backward,
+    # carrying q = a[t] g[t] (what step t hands to step t - 1: g[t-1] = C dy + q), so no decay is ever shifted.
+    # Steps are picked from, and results put into, the chunk tiles with masks over their time axis, which is held
+    # inside each thread, so the picks compile to register moves.
+    #
     # Every tensor is 3-D over [BLOCK_L, BLOCK_D, BLOCK_N] (time, channel, state), with size 1 on the axes it does not
-    # have: a sequence is [BLOCK_L, BLOCK_D, 1], B/C [BLOCK_L, 1, BLOCK_N], a state [1, BLOCK_D, BLOCK_N]. Sums over
-    # states or channels keep their axis. Sequences and B/C are loaded and stored through pointers repeated over the
-    # missing axis (_seq_load, _bc_load, ...): that makes the memory operations take the layout of the compute tiles
-    # (time inside each thread, channels then states over the lanes), where [BLOCK_L, BLOCK_D] pointers got a layout
-    # of their own and every load and store went through a layout conversion: 13 per chunk, ~640 of the ~890 warp
-    # shuffles per chunk that bound this kernel (kernels/NOTES.md, v8). N_LANES is the lanes over the states.
+    # have: a sequence is [BLOCK_L, BLOCK_D, 1], B/C [BLOCK_L, 1, BLOCK_N], a state [1, BLOCK_D, BLOCK_N]. Sequences
+    # and B/C are loaded and stored through pointers repeated over the missing axis (_seq_load, _bc_load, ...), which
+    # gives the memory operations the layout of the compute tiles: time inside each thread, the channels over the
+    # lanes, then the states (N_LANES lanes), the rest of the states inside each thread. Sums over the states (y, gB,
+    # ddt) are then mostly in-thread; sums over the channels (dB, dC) cross the lanes.
     # Every state-shaped fp32 tensor (A, the saved states, dend/dstart, dA) has unit stride on the states, but is
     # addressed through stride_states_n = 1, which is not specialised: a known unit stride would give those loads
-    # 4 consecutive states per thread, a layout of their own, and the compiler then recomputed the exp2s and both
-    # scans in a second layout (measured: 2-3x the shuffles and MUFU ops of the kernel's own arithmetic).
+    # several consecutive states per thread, a layout of their own (kernels/NOTES.md, v8).
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     seg = tl.program_id(2) + seg_offset
     chunk_lo = seg * seg_chunks
     chunk_hi = tl.minimum(chunk_lo + seg_chunks, n_chunks)
-    t_lo = chunk_lo * BLOCK_L
-    t_hi = tl.minimum(chunk_hi * BLOCK_L, seqlen)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     d3 = offs_d.to(tl.int64)[None, :, None]  # [1, BLOCK_D, 1]
@@ -581,7 +559,7 @@ def _selective_scan_bwd_kernel(
     mask_n3 = (offs_n < dstate)[None, None, :]
     mask_nd = mask_n3 & mask_d3  # [1, BLOCK_D, BLOCK_N]
     over_lanes = tl.zeros([1, 1, N_LANES], dtype=tl.int64)  # pointer offsets repeating a sequence tile
-    over_channels = tl.zeros([1, BLOCK_D, 1], dtype=tl.int64)  # ... and a B/C tile
+    over_channels = tl.zeros([1, BLOCK_D, 1], dtype=tl.int32)  # ... and a B/C tile
     group = (pid_d * BLOCK_D) // channels_per_group
 
     A = tl.load(A_ptr + d3 * stride_A_d + n3 * stride_states_n, mask=mask_nd, other=0.0)  # [1, BLOCK_D, BLOCK_N]
@@ -602,20 +580,26 @@ def _selective_scan_bwd_kernel(
     if HAS_Z:
         z_cols = z_ptr + pid_b * stride_z_b + d3 * stride_z_d + over_lanes
         dz_cols = dz_ptr + pid_b * stride_dz_b + d3 * stride_dz_d + over_lanes
-    B_cols = B_ptr + pid_b * stride_B_b + group * stride_B_g + n3 * stride_B_n + over_channels  # [1, BLOCK_D, BLOCK_N]
-    C_cols = C_ptr + pid_b * stride_C_b + group * stride_C_g + n3 * stride_C_n + over_channels
+    # Per-state addresses are int32 offsets [1, BLOCK_D, BLOCK_N] from a pointer per (batch, group) or channel (64-bit
+    # pointer tiles held a register pair per state and thread; the launcher checks the offsets fit).
+    B_row = B_ptr + pid_b * stride_B_b + group * stride_B_g
+    C_row = C_ptr + pid_b * stride_C_b + group * stride_C_g
+    B_n = n3 * stride_B_n + over_channels
+    C_n = n3 * stride_C_n + over_channels
     # dB/dC are fp32 (parts_per_group, batch, groups, dstate, seqlen) with partials (this program's own slice, summed
     # afterwards), else (batch, groups, dstate, seqlen) with a part stride of 0.
     part = (pid_d % parts_per_group).to(tl.int64) if DBC_PARTIALS else 0
-    dB_cols = dB_ptr + part * stride_dB_p + pid_b * stride_dB_b + group * stride_dB_g + n3 * stride_dB_n + over_channels
-    dC_cols = dC_ptr + part * stride_dC_p + pid_b * stride_dC_b + group * stride_dC_g + n3 * stride_dC_n + over_channels
-    states_cols = states_ptr + (pid_b * dim + d3) * n_saved * dstate + n3 * stride_states_n  # [1, BLOCK_D, BLOCK_N]
+    dB_row = dB_ptr + part * stride_dB_p + pid_b * stride_dB_b + group * stride_dB_g
+    dC_row = dC_ptr + part * stride_dC_p + pid_b * stride_dC_b + group * stride_dC_g
+    dB_n = n3 * stride_dB_n + over_channels
+    dC_n = n3 * stride_dC_n + over_channels
+    states_row = states_ptr + (pid_b * dim + d3) * n_saved * dstate  # [1, BLOCK_D, 1]
 
     if HAS_DEND:
         dend_ptrs = dend_ptr + pid_b * stride_dend_b + d3 * stride_dend_d + n3 * stride_states_n
-        g_next = tl.load(dend_ptrs + seg * stride_dend_s, mask=mask_nd, other=0.0).to(tl.float32)  # dL/dh[t_hi - 1]
+        q = tl.load(dend_ptrs + seg * stride_dend_s, mask=mask_nd, other=0.0).to(tl.float32)  # dL/dh[t_hi - 1]
     else:
-        g_next = tl.zeros([1, BLOCK_D, BLOCK_N], dtype=tl.float32)
+        q = tl.zeros([1, BLOCK_D, BLOCK_N], dtype=tl.float32)
     dA_acc = tl.zeros([1, BLOCK_D, BLOCK_N], dtype=tl.float32)
     dD_acc = tl.zeros([1, BLOCK_D, 1], dtype=tl.float32)
     dbias_acc = tl.zeros([1, BLOCK_D, 1], dtype=tl.float32)
@@ -623,100 +607,96 @@ def _selective_scan_bwd_kernel(
 
     for i in range(0, chunk_hi - chunk_lo):
         chunk = chunk_hi - 1 - i
-        t = chunk * BLOCK_L + l3  # [BLOCK_L, 1, 1]
-        t64 = t.to(tl.int64)  # time offsets are strided (channel-last) and may pass 2^31
-        mask_t = t < seqlen
+        # Addresses: a pointer (per thread or per program) moved to the chunk's first step, t0 (64-bit: time offsets are
+        # strided in channel-last memory and may pass 2^31), plus per-step offsets that are compile-time constants when
+        # the time stride is 1, so the loads take them as immediates.
+        t0 = (chunk * BLOCK_L).to(tl.int64)
+        mask_t = chunk * BLOCK_L + l3 < seqlen
         mask_td = mask_t & mask_d3  # [BLOCK_L, BLOCK_D, 1]
-        mask_td1 = ((t + 1) < t_hi) & mask_d3  # a[t+1] inside this segment
         mask_tn = mask_t & mask_n3  # [BLOCK_L, 1, BLOCK_N]
 
-        dt_next = _load_dt(delta_cols + (t64 + 1) * stride_delta_l, mask_td1, bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
-        Ct = _bc_load(C_cols + t64 * stride_C_l, mask_tn)  # [BLOCK_L, 1, BLOCK_N]
-        dout = _seq_load(dout_cols + t64 * stride_dout_l, mask_td)
+        # The chunk's tiles. Padding steps (t >= seqlen) get dt = 0 and zero inputs: decay 1, nothing added, so they
+        # pass h forward and q backward unchanged. B/C stay in their own dtype until a step is picked (registers).
+        dt = _load_dt(delta_cols + t0 * stride_delta_l + l3 * stride_delta_l, mask_td, bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
+        Cc = _bc_load(C_row + t0 * stride_C_l + (C_n + l3 * stride_C_l), mask_tn, False)  # [BLOCK_L, 1, BLOCK_N]
+        dy = _seq_load(dout_cols + t0 * stride_dout_l + l3 * stride_dout_l, mask_td)  # [BLOCK_L, BLOCK_D, 1]
         if HAS_Z:
-            zt = _seq_load(z_cols + t64 * stride_z_l, mask_td)
-            sig_z = _sigmoid(zt)
-        decay_next = tl.exp2(dt_next * A2)  # [BLOCK_L, BLOCK_D, BLOCK_N]
-
-        if SEGMENT_ADJOINT:
-            # g at the chunk's start only: fold the chunk's maps g -> C dy + a[t+1] g (no prefixes needed).
-            dt_sum += tl.sum(dt_next, axis=0, keep_dims=True)  # dt[t_lo + 1 .. t_hi - 1]; dt[t_lo] is added at the end
-            dy = dout
+            zc = _seq_load(z_cols + t0 * stride_z_l + l3 * stride_z_l, mask_td)
+            dy = dy * zc * _sigmoid(zc)
+        if not SEGMENT_ADJOINT:
+            dtu = dt * _seq_load(u_cols + t0 * stride_u_l + l3 * stride_u_l, mask_td)
+            Bc = _bc_load(B_row + t0 * stride_B_l + (B_n + l3 * stride_B_l), mask_tn, False)
+            # Forward over the chunk from its saved start state, keeping h[t] for every step.
+            h = tl.load(states_row + (chunk * dstate + n3 * stride_states_n), mask=mask_nd, other=0.0)
+            hs = tl.zeros([BLOCK_L, BLOCK_D, BLOCK_N], dtype=tl.float32)
+            for j in tl.static_range(BLOCK_L):
+                at_j = l3 == j
+                h = tl.exp2(_at(dt, at_j) * A2) * h + _at(dtu, at_j) * _at(Bc, at_j)
+                hs = tl.where(at_j, h, hs)
+            if not DBC_PER_STEP:
+                dB = tl.zeros([BLOCK_L, 1, BLOCK_N], dtype=tl.float32)
+                dC = tl.zeros([BLOCK_L, 1, BLOCK_N], dtype=tl.float32)
+            gB = tl.zeros([BLOCK_L, BLOCK_D, 1], dtype=tl.float32)  # sum_n g B
+            gah_A = tl.zeros([BLOCK_L, BLOCK_D, 1], dtype=tl.float32)  # sum_n g a[t] h[t-1] A log2(e)
             if HAS_Z:
-                dy = dout * zt * sig_z
-            g = _adjoint_from(decay_next, dy * Ct, g_next, l3)  # [BLOCK_L, BLOCK_D, BLOCK_N]
-            g_next = tl.sum(tl.where(l3 == 0, g, 0.0), axis=0, keep_dims=True)
-        else:
-            u = _seq_load(u_cols + t64 * stride_u_l, mask_td)  # [BLOCK_L, BLOCK_D, 1]
-            dt_raw = _seq_load(delta_cols + t64 * stride_delta_l, mask_td)
-            if HAS_DELTA_BIAS:
-                dt_raw += bias
-            if DELTA_SOFTPLUS:
-                dt, dt_slope = _softplus_and_slope(dt_raw)
+                yc = tl.zeros([BLOCK_L, BLOCK_D, 1], dtype=tl.float32)  # sum_n C h
+
+        # Backward over the chunk: g[t] = C[t] dy[t] + q, then q <- a[t] g[t]. dB/dC (sums over the channels, across
+        # the lanes) are added to memory a step at a time, which keeps no chunk-sized tile of them in registers.
+        for jj in tl.static_range(BLOCK_L):
+            j = BLOCK_L - 1 - jj
+            at_j = l3 == j
+            dt_j = _at(dt, at_j)  # [1, BLOCK_D, 1]
+            dy_j = _at(dy, at_j)
+            C_j = _at(Cc, at_j)  # [1, 1, BLOCK_N]
+            g = C_j * dy_j + q  # dL/dh[t], [1, BLOCK_D, BLOCK_N]
+            q = tl.exp2(dt_j * A2) * g
+            if SEGMENT_ADJOINT:
+                dt_sum += dt_j
             else:
-                dt = dt_raw
-            dt = tl.where(mask_td, dt, 0.0)
-            Bt = _bc_load(B_cols + t64 * stride_B_l, mask_tn)  # [BLOCK_L, 1, BLOCK_N]
+                h_j = _at(hs, at_j)
+                B_j = _at(Bc, at_j)
+                dtu_j = _at(dtu, at_j)
+                g_ah = g * (h_j - dtu_j * B_j)  # g * a[t] * h[t-1]
+                dA_acc += g_ah * dt_j
+                gB = tl.where(at_j, tl.sum(g * B_j, axis=2, keep_dims=True), gB)
+                gah_A = tl.where(at_j, tl.sum(g_ah * A2, axis=2, keep_dims=True), gah_A)
+                if HAS_Z:
+                    yc = tl.where(at_j, tl.sum(h_j * C_j, axis=2, keep_dims=True), yc)
+                dB_j = tl.sum(g * dtu_j, axis=1, keep_dims=True)  # [1, 1, BLOCK_N]
+                dC_j = tl.sum(h_j * dy_j, axis=1, keep_dims=True)
+                if DBC_PER_STEP:
+                    mask_j = (chunk * BLOCK_L + j < seqlen) & mask_n3
+                    _bc_accumulate(dB_row + t0 * stride_dB_l + (dB_n + j * stride_dB_l), dB_j, mask_j, DBC_PARTIALS)
+                    _bc_accumulate(dC_row + t0 * stride_dC_l + (dC_n + j * stride_dC_l), dC_j, mask_j, DBC_PARTIALS)
+                else:
+                    dB = tl.where(at_j, dB_j, dB)
+                    dC = tl.where(at_j, dC_j, dC)
 
-            # Recompute the chunk's forward states from its start state: the forward saved one state per SAVE_EVERY
-            # of these chunks, so a chunk inside such an interval first carries the saved state over the chunks
-            # before it (an extra forward fold over half the steps on average, at SAVE_EVERY = 2).
-            h0 = tl.load(states_cols + (chunk // SAVE_EVERY) * dstate, mask=mask_nd, other=0.0)  # [1, BLOCK_D, BLOCK_N]
-            if SAVE_EVERY > 1:
-                for j in tl.static_range(SAVE_EVERY - 1):
-                    before = (chunk // SAVE_EVERY) * SAVE_EVERY + j
-                    if before < chunk:
-                        t_b = before * BLOCK_L + l3
-                        t_b64 = t_b.to(tl.int64)
-                        mask_b = (t_b < seqlen) & mask_d3
-                        dt_b = _load_dt(
-                            delta_cols + t_b64 * stride_delta_l, mask_b, bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS
-                        )
-                        u_b = _seq_load(u_cols + t_b64 * stride_u_l, mask_b)
-                        B_b = _bc_load(B_cols + t_b64 * stride_B_l, (t_b < seqlen) & mask_n3)
-                        hs_b = _states_from(tl.exp2(dt_b * A2), dt_b * u_b * B_b, h0, l3)
-                        h0 = tl.sum(tl.where(l3 == BLOCK_L - 1, hs_b, 0.0), axis=0, keep_dims=True)
-            decay = tl.exp2(dt * A2)  # [BLOCK_L, BLOCK_D, BLOCK_N]
-            dtu = dt * u  # [BLOCK_L, BLOCK_D, 1]
-            inp = dtu * Bt  # [BLOCK_L, BLOCK_D, BLOCK_N]
-            hs = _states_from(decay, inp, h0, l3)  # [BLOCK_L, BLOCK_D, BLOCK_N]
-
-            dy = dout
-            if HAS_Z:
-                y = tl.sum(hs * Ct, axis=2, keep_dims=True)  # [BLOCK_L, BLOCK_D, 1]
-                if HAS_D:
-                    y += Dv * u
-                dz = dout * y * sig_z * (1.0 + zt * (1.0 - sig_z))
-                _seq_store(dz_cols + t64 * stride_dz_l, dz, mask_td)
-                dy = dout * zt * sig_z
-            if HAS_D:
-                dD_acc += tl.sum(dy * u, axis=0, keep_dims=True)
-
-            # Adjoint: reverse scan over (a[t+1], C[t] * dy[t]), then the carry from the next chunk.
-            x = dy * Ct  # [BLOCK_L, BLOCK_D, BLOCK_N]
-            g = _adjoint_from(decay_next, x, g_next, l3)  # [BLOCK_L, BLOCK_D, BLOCK_N]
-            # dL/dh at the chunk's start, [1, BLOCK_D, BLOCK_N]. (Not an ordered in-thread pick: the loads decide
-            # these tiles' layouts, and with fp32 inputs the time axis spans two lanes.)
-            g_next = tl.sum(tl.where(l3 == 0, g, 0.0), axis=0, keep_dims=True)
-
-            gB = tl.sum(g * Bt, axis=2, keep_dims=True)  # [BLOCK_L, BLOCK_D, 1]
+        if not SEGMENT_ADJOINT:
+            # The chunk's per-channel gradients, from the sums gathered above and the tiles reloaded (cheaper in
+            # registers than keeping them across the two walks).
+            u = _seq_load(u_cols + t0 * stride_u_l + l3 * stride_u_l, mask_td)
             du = dt * gB
+            ddt = gah_A * 0.6931471805599453 + u * gB
+            if DELTA_SOFTPLUS:
+                ddt = ddt * _sigmoid(_seq_load(delta_cols + t0 * stride_delta_l + l3 * stride_delta_l, mask_td) + bias)
             if HAS_D:
                 du += Dv * dy
-            _seq_store(du_cols + t64 * stride_du_l, du, mask_td)
-            g_ah = g * (hs - inp)  # g * a[t] * h[t-1], [BLOCK_L, BLOCK_D, BLOCK_N]
-            dA_acc += tl.sum(g_ah * dt, axis=0, keep_dims=True)
-            ddt = tl.sum(g_ah * A, axis=2, keep_dims=True) + u * gB  # [BLOCK_L, BLOCK_D, 1]
-            if DELTA_SOFTPLUS:
-                ddt = ddt * dt_slope
+                dD_acc += tl.sum(dy * u, axis=0, keep_dims=True)
+            _seq_store(du_cols + t0 * stride_du_l + l3 * stride_du_l, du, mask_td)
+            if HAS_Z:
+                if HAS_D:
+                    yc += Dv * u
+                dout = _seq_load(dout_cols + t0 * stride_dout_l + l3 * stride_dout_l, mask_td)
+                sig_z = _sigmoid(zc)
+                _seq_store(dz_cols + t0 * stride_dz_l + l3 * stride_dz_l, dout * yc * sig_z * (1.0 + zc * (1.0 - sig_z)), mask_td)
             ddt = tl.where(mask_td, ddt, 0.0)
             dbias_acc += tl.sum(ddt, axis=0, keep_dims=True)
-            _seq_store(ddelta_cols + t64 * stride_ddelta_l, ddt, mask_td)
-
-            dB = tl.sum(g * dtu, axis=1, keep_dims=True)  # [BLOCK_L, 1, BLOCK_N]
-            dC = tl.sum(hs * dy, axis=1, keep_dims=True)
-            _bc_accumulate(dB_cols + t64 * stride_dB_l, dB, mask_tn, DBC_PARTIALS)
-            _bc_accumulate(dC_cols + t64 * stride_dC_l, dC, mask_tn, DBC_PARTIALS)
+            _seq_store(ddelta_cols + t0 * stride_ddelta_l + l3 * stride_ddelta_l, ddt, mask_td)
+            if not DBC_PER_STEP:
+                _bc_accumulate(dB_row + t0 * stride_dB_l + (dB_n + l3 * stride_dB_l), dB, mask_tn, DBC_PARTIALS)
+                _bc_accumulate(dC_row + t0 * stride_dC_l + (dC_n + l3 * stride_dC_l), dC, mask_tn, DBC_PARTIALS)
 
     if not SEGMENT_ADJOINT:
         tl.atomic_add(dA_ptr + d3 * dstate + n3 * stride_states_n, dA_acc, mask=mask_nd, sem="relaxed")
@@ -725,25 +705,21 @@ def _selective_scan_bwd_kernel(
         if HAS_DELTA_BIAS:
             tl.atomic_add(ddelta_bias_ptr + d3, dbias_acc, mask=mask_d3, sem="relaxed")
     if SEGMENT_ADJOINT or HAS_DSTART:
-        # d h[t_lo - 1] = a[t_lo] * g[t_lo]; g_next now holds g[t_lo].
-        dt0 = tl.load(
-            delta_ptr + pid_b * stride_delta_b + d3 * stride_delta_d + t_lo.to(tl.int64) * stride_delta_l,
-            mask=mask_d3,
-            other=0.0,
-        )
-        dt0 = dt0.to(tl.float32)  # [1, BLOCK_D, 1]
-        if HAS_DELTA_BIAS:
-            dt0 += bias
-        if DELTA_SOFTPLUS:
-            dt0 = _softplus(dt0)
-        dstart = tl.exp2(dt0 * A2) * g_next  # [1, BLOCK_D, BLOCK_N]
+        # q now holds a[t_lo] g[t_lo] = dL/dh[t_lo - 1] through this segment's steps.
         dstart_ptrs = dstart_ptr + pid_b * stride_dstart_b + d3 * stride_dstart_d + n3 * stride_states_n
         if SEGMENT_ADJOINT:
-            tl.store(dstart_ptrs + seg * stride_dstart_s, dstart, mask=mask_nd)
-            dt_sum += dt0
+            tl.store(dstart_ptrs + seg * stride_dstart_s, q, mask=mask_nd)
             tl.store(dtsum_ptr + (pid_b * dim + d3) * n_segments + seg, dt_sum, mask=mask_d3)
         else:
-            tl.store(dstart_ptrs, dstart, mask=mask_nd & (seg == 0))
+            tl.store(dstart_ptrs, q, mask=mask_nd & (seg == 0))
+
+
+@triton.jit
+def _at(tile, at_j):
+    # Step j of a chunk tile (time on axis 0, held inside each thread), keeping the axis: [1, ...], fp32. at_j is
+    # `time index == j` for a compile-time j; adding -0.0 is exact for every value (0.0 would turn -0.0 into +0.0), so
+    # the compiler folds the masked sum into picking one register (and converting only that one).
+    return tl.sum(tl.where(at_j, tile.to(tl.float32), -0.0), axis=0, keep_dims=True)
 
 
 def _num_warps(num_warps: int, block_n: int, block_d: int) -> tuple[int, bool]:
@@ -768,12 +744,14 @@ def _num_sms(device: torch.device) -> int | None:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _block_d(block_d: int, dim: int, groups: int, batch: int = 1, device: torch.device | None = None) -> int:
+def _block_d(
+    block_d: int, dim: int, groups: int, batch: int = 1, device: torch.device | None = None, min_programs: int = 0
+) -> int:
     """Largest power of two <= block_d that keeps every program's channels in one B/C group, shrunk (down to 2) while
-    the grid would give fewer than MIN_PROGRAMS_PER_SM programs per SM (only with a device)."""
+    the grid would give fewer than `min_programs` programs per SM (only with a device)."""
     sms = _num_sms(device) if device is not None else None
     if sms:
-        while block_d > 2 and batch * triton.cdiv(dim, block_d) < MIN_PROGRAMS_PER_SM * sms:
+        while block_d > 2 and batch * triton.cdiv(dim, block_d) < min_programs * sms:
             block_d //= 2
     per_group = dim // groups
     if groups == 1:
@@ -812,14 +790,14 @@ def _plan(
     else:
         seg_len = padded
         sms = _num_sms(device)
-        underfilled = sms and batch * triton.cdiv(dim, full_block_d) < MIN_PROGRAMS_PER_SM * sms
+        underfilled = sms and batch * triton.cdiv(dim, full_block_d) < MIN_PROGRAMS_PER_SM[kind] * sms
         if underfilled and seqlen >= MIN_SEGMENTS * SEGMENT_MIN_LEN:
             programs = batch * triton.cdiv(dim, seg_block_d)
             n_segments = min(triton.cdiv(SEGMENT_PROGRAMS_PER_SM * sms, programs), seqlen // SEGMENT_MIN_LEN)
             seg_len = triton.cdiv(triton.cdiv(seqlen, n_segments), block_l) * block_l
     n_segments = triton.cdiv(padded, seg_len)
     if n_segments == 1:
-        return _block_d(block_d, dim, groups, batch, device), padded, 1
+        return _block_d(block_d, dim, groups, batch, device, MIN_PROGRAMS_PER_SM[kind]), padded, 1
     return seg_block_d, seg_len, n_segments
 
 
@@ -862,12 +840,11 @@ def _n_chunks(seqlen: int, dstate: int) -> int:
     return triton.cdiv(max(seqlen, 1), _config("fwd", dstate)["BLOCK_L"])
 
 
-def _save_every(dstate: int) -> int:
-    """Backward chunks per saved state: the forward's BLOCK_L over the backward's (a whole power of two)."""
+def _check_chunks(dstate: int) -> None:
+    """The backward walks the forward's chunks (one saved state each), so both directions share BLOCK_L."""
     fwd_l, bwd_l = _config("fwd", dstate)["BLOCK_L"], _config("bwd", dstate)["BLOCK_L"]
-    if fwd_l % bwd_l or (fwd_l // bwd_l) & (fwd_l // bwd_l - 1):
-        raise ValueError(f"the forward's BLOCK_L ({fwd_l}) must be a power-of-two multiple of the backward's ({bwd_l})")
-    return fwd_l // bwd_l
+    if fwd_l != bwd_l:
+        raise ValueError(f"the forward's BLOCK_L ({fwd_l}) and the backward's ({bwd_l}) must be equal")
 
 
 def _carry(x: torch.Tensor, dtsum: torch.Tensor, A: torch.Tensor, h0: torch.Tensor | None, reverse: bool) -> None:
@@ -906,7 +883,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delt
     groups, *B_strides = _split_bc(B)
     _, *C_strides = _split_bc(C)
     cfg, block_d, seg_len, n_segments = _direction_plan("fwd", dstate, batch, dim, seqlen, groups, u.device)
-    block_l = cfg["BLOCK_L"]  # also the interval of the saved states (see _save_every)
+    block_l = cfg["BLOCK_L"]  # also the interval of the saved states (see _check_chunks)
     n_chunks = _n_chunks(seqlen, dstate)
     cfg["num_warps"], time_in_thread = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
     out = empty_sequence(u)
@@ -999,7 +976,7 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
     groups, *B_strides = _split_bc(B)
     _, *C_strides = _split_bc(C)
     cfg, block_d, seg_len, n_segments = _direction_plan("bwd", dstate, batch, dim, seqlen, groups, u.device)
-    save_every = _save_every(dstate)
+    _check_chunks(dstate)
     n_saved = states.shape[2]
     n_chunks = triton.cdiv(max(seqlen, 1), cfg["BLOCK_L"])
     cfg["num_warps"], _ = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
@@ -1071,14 +1048,13 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
             BLOCK_D=block_d,
             BLOCK_N=triton.next_power_of_2(dstate),
             N_LANES=_lanes_over_states(cfg["num_warps"], triton.next_power_of_2(dstate), block_d),
-            SAVE_EVERY=save_every,
             **cfg,
         )
         n_blocks = triton.cdiv(dim, block_d)
         dend = dlast
         if n_segments > 1:
-            # Pass 1: segments 1 .. K-1, adjoint alone from g = 0 after each segment -> what each sends before its
-            # start, a[s_k] g[s_k], and its sum of dt; the reverse carry turns those (in place) into g_next = dL/dh
+            # Pass 1: segments 1 .. K-1, adjoint alone from q = 0 after each segment -> what each sends before its
+            # start, q[s_k] = a[s_k] g[s_k], and its sum of dt; the reverse carry turns those (in place) into dL/dh
             # at every segment's end.
             dend = empty(batch, dim, n_segments, dstate, **f32)
             dtsum = empty(batch, dim, n_segments, **f32)
@@ -1095,7 +1071,7 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
                 **common,
             )
             _carry(dend, dtsum, A, dlast, reverse=True)
-        # Pass 2 (or the only pass): every segment from its g_next; segment 0 writes d initial_state.
+        # Pass 2 (or the only pass): every segment from dL/dh at its end; segment 0 writes d initial_state.
         _selective_scan_bwd_kernel[(n_blocks, batch, n_segments)](
             dend_ptr=dend,
             dstart_ptr=dinit,

@@ -327,29 +327,39 @@ def test_scan_segmented_all_options(monkeypatch, segments, seqlen, fwd_len, bwd_
     assert (fwd, bwd, carry) == (2, 2, 2), f"expected pass 1 + pass 2 each way and two carries, got {fwd, bwd, carry}"
 
 
-@pytest.mark.parametrize("fwd_l,bwd_l", [(8, 8), (8, 4), (8, 2), (4, 4)], ids=["save-every-1", "2", "4", "bl4"])
-@pytest.mark.parametrize("seqlen,bwd_len", [(1, None), (37, None), (61, 12)], ids=["1", "37", "61-seg12"])
-def test_scan_saved_states_every_few_backward_chunks(monkeypatch, segments, fwd_l, bwd_l, seqlen, bwd_len):
-    # The forward saves one state per its own chunk; a backward with shorter chunks carries each saved state forward
-    # over the chunks in between (SAVE_EVERY > 1), also inside a segment that starts mid-interval (61 steps in
-    # backward segments of 12 at bwd BLOCK_L 4 or 2: segment starts 12, 24, 36, 48 fall inside 8-step intervals).
+@pytest.mark.parametrize(
+    "fwd,bwd",
+    [
+        (dict(BLOCK_D=32, SUB_L=2), dict(BLOCK_D=16, DBC_PER_STEP=False)),
+        (dict(BLOCK_D=16, SUB_L=4), dict(BLOCK_D=8, DBC_PER_STEP=True)),
+        (dict(BLOCK_D=4, SUB_L=1), dict(BLOCK_D=2, DBC_PER_STEP=True)),
+        (dict(BLOCK_D=8, SUB_L=8, BLOCK_L=4), dict(BLOCK_D=32, DBC_PER_STEP=False, BLOCK_L=4)),
+    ],
+    ids=["d32-sub2/d16", "d16-sub4/d8-per-step", "d4-sub1/d2-per-step", "chunk4-d8/d32"],
+)
+@pytest.mark.parametrize("seqlen,bwd_len", [(1, None), (37, None), (61, 16)], ids=["1", "37", "61-seg16"])
+def test_scan_block_shapes(monkeypatch, segments, fwd, bwd, seqlen, bwd_len):
+    # The launch shapes change how the tiles are laid out (states inside a thread or over 2-16 lanes), how a chunk is
+    # cut into sub-chunks and how dB/dC reach memory: every choice computes the same function.
     configs = {kind: {n: dict(cfg) for n, cfg in table.items()} for kind, table in scan.CONFIGS.items()}
     for cfg in configs["fwd"].values():
-        cfg["BLOCK_L"] = fwd_l
+        cfg.update(fwd)
+        cfg["SUB_L"] = min(cfg["SUB_L"], cfg["BLOCK_L"])
     for cfg in configs["bwd"].values():
-        cfg["BLOCK_L"] = bwd_l
+        cfg.update(bwd)
     monkeypatch.setattr(scan, "CONFIGS", configs)
     if bwd_len is not None:
-        segments(None, bwd_len if bwd_len % bwd_l == 0 else bwd_l * 3)
-    check(make_inputs(2, 5, seqlen, 16, torch.float32))
+        segments(None, bwd_len)
+    check(make_inputs(2, 37, seqlen, 16, torch.float32))
 
 
-def test_scan_save_interval_must_be_a_power_of_two_multiple(monkeypatch):
+def test_scan_chunks_must_match(monkeypatch):
+    # The backward walks the forward's chunks (one saved state each).
     configs = {kind: {n: dict(cfg) for n, cfg in table.items()} for kind, table in scan.CONFIGS.items()}
-    configs["fwd"][16]["BLOCK_L"], configs["bwd"][16]["BLOCK_L"] = 8, 16
+    configs["fwd"][16]["BLOCK_L"], configs["bwd"][16]["BLOCK_L"] = 8, 4
     monkeypatch.setattr(scan, "CONFIGS", configs)
-    with pytest.raises(ValueError, match="power-of-two multiple"):
-        scan._save_every(16)
+    with pytest.raises(ValueError, match="must be equal"):
+        scan._check_chunks(16)
 
 
 @pytest.mark.parametrize(
@@ -413,8 +423,9 @@ def test_segment_plan_on_an_h100(monkeypatch, kind):
     assert got_block_d == seg_block_d and n_segments > 1 and seg_len % block_l == 0
     assert seg_len >= scan.SEGMENT_MIN_LEN
     assert seg_len * (n_segments - 1) < 65536 <= seg_len * n_segments
-    assert 1536 // seg_block_d * n_segments >= scan.MIN_PROGRAMS_PER_SM * 132
-    assert plan(2, 2048, 16384)[2] > 1
+    assert 1536 // seg_block_d * n_segments >= scan.MIN_PROGRAMS_PER_SM[kind] * 132
+    underfilled = 2 * 2048 // block_d < scan.MIN_PROGRAMS_PER_SM[kind] * 132
+    assert (plan(2, 2048, 16384)[2] > 1) == underfilled
     assert plan(1, 1536, 1024)[2] == 1 and plan(1, 1536, 1024)[0] < block_d
     assert plan(1, 1536, 2048)[2] == 1, "two segments timed slower than smaller channel blocks"
     assert plan(1, 1536, 4096)[2] >= scan.MIN_SEGMENTS
