@@ -617,7 +617,9 @@ def _selective_scan_bwd_kernel(
 
         # The chunk's tiles. Padding steps (t >= seqlen) get dt = 0 and zero inputs: decay 1, nothing added, so they
         # pass h forward and q backward unchanged. B/C stay in their own dtype until a step is picked (registers).
-        dt = _load_dt(delta_cols + t0 * stride_delta_l + l3 * stride_delta_l, mask_td, bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
+        dt = _load_dt(
+            delta_cols + t0 * stride_delta_l + l3 * stride_delta_l, mask_td, bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS
+        )
         Cc = _bc_load(C_row + t0 * stride_C_l + (C_n + l3 * stride_C_l), mask_tn, False)  # [BLOCK_L, 1, BLOCK_N]
         dy = _seq_load(dout_cols + t0 * stride_dout_l + l3 * stride_dout_l, mask_td)  # [BLOCK_L, BLOCK_D, 1]
         if HAS_Z:
@@ -690,7 +692,11 @@ def _selective_scan_bwd_kernel(
                     yc += Dv * u
                 dout = _seq_load(dout_cols + t0 * stride_dout_l + l3 * stride_dout_l, mask_td)
                 sig_z = _sigmoid(zc)
-                _seq_store(dz_cols + t0 * stride_dz_l + l3 * stride_dz_l, dout * yc * sig_z * (1.0 + zc * (1.0 - sig_z)), mask_td)
+                _seq_store(
+                    dz_cols + t0 * stride_dz_l + l3 * stride_dz_l,
+                    dout * yc * sig_z * (1.0 + zc * (1.0 - sig_z)),
+                    mask_td,
+                )
             ddt = tl.where(mask_td, ddt, 0.0)
             dbias_acc += tl.sum(ddt, axis=0, keep_dims=True)
             _seq_store(ddelta_cols + t0 * stride_ddelta_l + l3 * stride_ddelta_l, ddt, mask_td)
