@@ -88,7 +88,7 @@ CONFIGS: dict[str, dict[int, dict[str, int]]] = {
     "fwd": {16: dict(BLOCK_D=8, BLOCK_L=8, num_warps=1), 64: dict(BLOCK_D=4, BLOCK_L=8, num_warps=1)},
     "bwd": {
         16: dict(BLOCK_D=4, BLOCK_L=8, DBC_PER_STEP=False, num_warps=1),
-        64: dict(BLOCK_D=4, BLOCK_L=8, DBC_PER_STEP=False, num_warps=1),
+        64: dict(BLOCK_D=2, BLOCK_L=8, DBC_PER_STEP=False, num_warps=1),
     },
 }
 # dB/dC are sums over channels: fp32 atomics into one buffer ("atomics"), or per-program partial slices summed by
@@ -973,8 +973,12 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
     its input, or None where the input is None; du, ddelta, dz, dB and dC are channel-last where their input is.
 
     One launch, or with segments (see `_plan`) three: pass 1 (each segment's own adjoint at its start), the reverse
-    carry, pass 2."""
+    carry, pass 2. The kernel reads time-major memory (each thread loads its channel's steps as one vector): channel-
+    last sequences are staged as time-major copies and their gradients copied back into their layout. In place they
+    ran 2x slower than the copies cost, and 10-20x with larger channel blocks (H100, kernels/NOTES.md, v9)."""
     dout, u, delta, B, C, z = sequence_strides(dout, u, delta, B, C, z)
+    layout_of = dict(u=u, delta=delta, z=z, B=B, C=C)
+    dout, u, delta, B, C, z = (_time_major(t) for t in (dout, u, delta, B, C, z))
     A, D, delta_bias = unit_stride(A, D, delta_bias)
     dlast = None if dlast is None else dlast.contiguous()
     batch, dim, seqlen = u.shape
@@ -1097,16 +1101,29 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
         torch.sum(dC_parts, 0, out=dC)
     cast = lambda g, like: None if g is None else g.to(like.dtype)
     return (
-        du,
-        ddelta,
+        _in_layout_of(du, layout_of["u"]),
+        _in_layout_of(ddelta, layout_of["delta"]),
         cast(dA, A),
-        cast(dB, B),
-        cast(dC, C),
+        _in_layout_of(cast(dB, B), layout_of["B"]),
+        _in_layout_of(cast(dC, C), layout_of["C"]),
         cast(dD, D),
-        dz,
+        _in_layout_of(dz, layout_of["z"]),
         cast(ddelta_bias, delta_bias),
         cast(dinit, initial_state),
     )
+
+
+def _time_major(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A sequence with unit stride on time: itself, or a contiguous copy of a channel-last one."""
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
+def _in_layout_of(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
+    """`grad` (time-major) in the memory layout of the sequence `like`, copied only where `like` is channel-last."""
+    if grad is None or like.stride(-1) == 1:
+        return grad
+    out = empty_sequence(like, dtype=grad.dtype, poison=False)
+    return out.copy_(grad)
 
 
 # torch.library ops: opaque to torch.compile (fake functions give the output shapes), called by the Function below.
