@@ -512,9 +512,20 @@ def sweep_conv(shape=(8, 1536, 2048), width=4):
     print(f"sweep best: conv {conv.CONFIGS}", flush=True)
 
 
+FAMILIES = ("scan", "conv", "norm", "decode")  # the --only choices, in table order
+
+
+def family(op: str) -> str:
+    """The --only choice a result row belongs to ('scan fwd+bwd' -> 'scan', 'rms_norm fwd' -> 'norm', ...)."""
+    if op.startswith("sweep "):
+        return family(op.removeprefix("sweep "))
+    if op.startswith(("state_update", "conv_update")):
+        return "decode"
+    return "norm" if op.startswith("rms_norm") else op.split()[0]
+
+
 def write_results(args, quiet=False):
     gpu = torch.cuda.get_device_name()
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
     meta = dict(
         gpu=gpu,
         torch=torch.__version__,
@@ -524,21 +535,58 @@ def write_results(args, quiet=False):
         scan_configs=scan.CONFIGS,
         conv_configs=conv.CONFIGS,
     )
-    results = dict(meta=meta, rows=ROWS)
+    dirs = [Path(__file__).resolve().parent / "results"] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
+    text = merge_and_write(meta, ROWS, args.only, dirs)
+    if not quiet:
+        print(text)
+
+
+def _by_date(dates: dict[str, str]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for fam in FAMILIES:
+        if fam in dates:
+            grouped.setdefault(dates[fam], []).append(fam)
+    return grouped
+
+
+def merge_and_write(meta: dict, rows: list[dict], only: str | None, dirs: list[Path]) -> str:
+    """Write `kernels_<gpu>.{json,md}` into each of `dirs`. A run limited to one family (`--only`) replaces that
+    family's rows and keeps the other families' rows of the file already in the first dir (same GPU), whose run date
+    the meta and the markdown then name. Returns the markdown."""
+    slug = re.sub(r"[^a-z0-9]+", "-", meta["gpu"].lower()).strip("-")
+    earlier_path = dirs[0] / f"kernels_{slug}.json"
+    meta = dict(meta)
+    if only is not None and earlier_path.exists():
+        earlier = json.loads(earlier_path.read_text())
+        kept = [r for r in earlier["rows"] if family(r["op"]) != only]
+        earlier_dates = dict(earlier["meta"].get("rows_from_earlier_runs", {}))
+        for r in kept:
+            earlier_dates.setdefault(family(r["op"]), earlier["meta"]["date"])
+        earlier_dates.pop(only, None)
+        meta["rows_from_earlier_runs"] = earlier_dates
+        rows = sorted([*kept, *rows], key=lambda r: FAMILIES.index(family(r["op"])))
+    results = dict(meta=meta, rows=rows)
     lines = [
-        f"# Kernel benchmarks on {gpu}",
+        f"# Kernel benchmarks on {meta['gpu']}",
         "",
-        f"torch {torch.__version__}, triton {triton.__version__}; `python benchmarks/kernels.py`; "
+        f"torch {meta['torch']}, triton {meta['triton']}; `python benchmarks/kernels.py`; "
         "median of triton.testing.do_bench (wall time, host overhead included); 'GPU alone' replays a CUDA graph "
         "of the same call (do_bench_cudagraph), i.e. kernel time without Python/autograd launch cost; "
         "TB/s counts each input read once and each output written once; "
         "anchors are mamba-ssm 2.3.2 / causal-conv1d 1.7.0 on an H100 (PERFORMANCE.md).",
         "",
+        f"Run {meta['date']}"
+        + "".join(
+            f"; the {', '.join(fams)} rows come from the run of {date}"
+            for date, fams in _by_date(meta.get("rows_from_earlier_runs", {})).items()
+        )
+        + " (a `--only` run replaces one family's rows).",
+        "",
         "| op | shape | impl | time (us) | GPU alone (us) | TB/s | rel err | anchor (us) | anchor / ours | target (us) "
         "| note |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in ROWS:
+    for r in rows:
         if r["op"].startswith("sweep"):
             continue
         cells = [
@@ -556,13 +604,11 @@ def write_results(args, quiet=False):
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     text = "\n".join(lines) + "\n"
-    dirs = [Path(__file__).resolve().parent / "results"] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
         (d / f"kernels_{slug}.json").write_text(json.dumps(results, indent=1))
         (d / f"kernels_{slug}.md").write_text(text)
-    if not quiet:
-        print(text)
+    return text
 
 
 def main(argv=None):
