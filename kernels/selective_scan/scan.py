@@ -55,8 +55,8 @@ grid axis over segments. Both directions are linear recurrences whose value acro
               pass 2  the backward above, each segment started from q = G[k]; segment 0 writes d initial_state
 
 A segment's steps use only their own decays: what the next segment's first step s_{k+1} contributes, a[s_{k+1}]
-included, arrives through q[s_{k+1}], which pass 1 and the carry deliver. The saved chunk-start states stay global (pass 2 writes them), so the forward's and the backward's
-segmentations are independent (each picks its own S for its own BLOCK_D). The extra cost is the pass 1 walk (~1 exp2
+included, arrives through q[s_{k+1}], which pass 1 and the carry deliver. The saved chunk-start states stay global
+(pass 2 writes them), so the forward's and the backward's segmentations are independent (each picks its own S for its own BLOCK_D). The extra cost is the pass 1 walk (~1 exp2
 per element again in the forward, a light adjoint-only scan in the backward) for tens of times more programs.
 
 Layouts. The sequences (u, delta, z, out, B, C and their gradients) are addressed through a stride per axis, time
@@ -96,11 +96,14 @@ CONFIGS: dict[str, dict[int, dict[str, int]]] = {
 # on an H100 (3.35 vs 3.50 ms fwd+bwd at (8, 1536, 2048, 16)); atomics need no scratch.
 DBC_REDUCTION = "atomics"
 PARTIALS_MAX_BYTES = 2 << 30
-# Programs per SM below which the grid counts as underfilled: a long enough sequence is then cut into segments (see
-# the module docstring), else the channel block shrinks (down to 2) to make more programs. 8: an SM holds 8-12 of
-# these one-warp programs at once (160-255 registers each); the backward's 4-channel blocks at (2, 2048, 16384) are
-# 1024 programs, under one wave, and ran no faster than the old kernel until this was raised from 4.
+# Programs per SM below which the grid counts as underfilled, per direction: a long enough sequence is then cut into
+# segments (see the module docstring), else the channel block shrinks (down to 2) to make more programs. Forward 8: an
+# SM holds 8-12 of its one-warp programs at once. Backward 4 (v9, H100): at (2, 2048, 16384) its 1024 4-channel
+# programs on one segment took 4549 us against 4978 us for 8-channel blocks in 9 segments; at (1, 1536, 65536) the 384
+# programs get 22 segments of 8-channel blocks (6940 us; 8683 with 4-channel blocks).
 MIN_PROGRAMS_PER_SM: dict[str, int] = {"fwd": 8, "bwd": 4}
+# Offsets at or past this use 64-bit arithmetic in the backward (see _wide_offsets); tests lower it to reach that path.
+INT32_OFFSET_LIMIT = 2**31
 # Segmented (sequence-parallel) scan: segments are at least SEGMENT_MIN_LEN steps, and as many as give about
 # SEGMENT_PROGRAMS_PER_SM programs per SM. The pass-2 kernels hold ~240 registers per thread, so only ~8 one-warp
 # programs fit on an SM at once; on an H100 the time was flat for 2-6 waves of those (segments of 1024-3000 steps at
@@ -521,6 +524,7 @@ def _selective_scan_bwd_kernel(
     BLOCK_L: tl.constexpr,
     N_LANES: tl.constexpr,
     DBC_PER_STEP: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     # Program (channel block, batch, segment): steps [t_lo, t_hi) (chunks [seg * seg_chunks, ...)) in reverse, from
     # dL/dh[t_hi - 1] through the steps after the segment, read from dend_ptr (zero without HAS_DEND).
@@ -552,6 +556,8 @@ def _selective_scan_bwd_kernel(
     chunk_hi = tl.minimum(chunk_lo + seg_chunks, n_chunks)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
+    if WIDE:
+        offs_n = offs_n.to(tl.int64)
     d3 = offs_d.to(tl.int64)[None, :, None]  # [1, BLOCK_D, 1]
     n3 = offs_n[None, None, :]  # [1, 1, BLOCK_N]
     l3 = tl.arange(0, BLOCK_L)[:, None, None]  # [BLOCK_L, 1, 1]
@@ -580,8 +586,8 @@ def _selective_scan_bwd_kernel(
     if HAS_Z:
         z_cols = z_ptr + pid_b * stride_z_b + d3 * stride_z_d + over_lanes
         dz_cols = dz_ptr + pid_b * stride_dz_b + d3 * stride_dz_d + over_lanes
-    # Per-state addresses are int32 offsets [1, BLOCK_D, BLOCK_N] from a pointer per (batch, group) or channel (64-bit
-    # pointer tiles held a register pair per state and thread; the launcher checks the offsets fit).
+    # Per-state addresses are offsets [1, BLOCK_D, BLOCK_N] from a pointer per (batch, group) or channel: int32 (64-bit
+    # pointer tiles held a register pair per state and thread) unless the launcher finds they may not fit (WIDE).
     B_row = B_ptr + pid_b * stride_B_b + group * stride_B_g
     C_row = C_ptr + pid_b * stride_C_b + group * stride_C_g
     B_n = n3 * stride_B_n + over_channels
@@ -644,7 +650,8 @@ def _selective_scan_bwd_kernel(
                 yc = tl.zeros([BLOCK_L, BLOCK_D, 1], dtype=tl.float32)  # sum_n C h
 
         # Backward over the chunk: g[t] = C[t] dy[t] + q, then q <- a[t] g[t]. dB/dC (sums over the channels, across
-        # the lanes) are added to memory a step at a time, which keeps no chunk-sized tile of them in registers.
+        # the lanes) are gathered into [BLOCK_L, 1, BLOCK_N] tiles and added to memory once per chunk (DBC_PER_STEP:
+        # after every step).
         for jj in tl.static_range(BLOCK_L):
             j = BLOCK_L - 1 - jj
             at_j = l3 == j
@@ -1058,6 +1065,7 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
             BLOCK_D=block_d,
             BLOCK_N=triton.next_power_of_2(dstate),
             N_LANES=_lanes_over_states(cfg["num_warps"], triton.next_power_of_2(dstate), block_d),
+            WIDE=_wide_offsets(dstate, cfg["BLOCK_L"], B_strides, C_strides, dB_parts.stride(), dC_parts.stride()),
             **cfg,
         )
         n_blocks = triton.cdiv(dim, block_d)
@@ -1111,6 +1119,13 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
         cast(ddelta_bias, delta_bias),
         cast(dinit, initial_state),
     )
+
+
+def _wide_offsets(dstate: int, block_l: int, *strides) -> bool:
+    """Whether the backward's per-state offsets `n * stride_n + step * stride_l` (from one (batch, group) row of B, C,
+    dB or dC; the last two strides of each tuple) may pass int32 (then the kernel computes them in 64 bits)."""
+    reach = max(abs(s[-2]) * (dstate - 1) + abs(s[-1]) * (block_l - 1) + (dstate - 1) for s in strides)
+    return reach >= INT32_OFFSET_LIMIT
 
 
 def _time_major(t: torch.Tensor | None) -> torch.Tensor | None:

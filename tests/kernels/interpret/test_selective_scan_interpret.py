@@ -359,6 +359,15 @@ def test_scan_block_shapes(monkeypatch, segments, fwd, bwd, seqlen, bwd_len):
     check(make_inputs(2, 37, seqlen, 16, torch.float32))
 
 
+@pytest.mark.parametrize("groups", [None, 2])
+def test_scan_backward_wide_offsets(monkeypatch, segments, groups):
+    # The backward's per-state offsets in 64 bits (taken where they could pass int32) give the same results.
+    monkeypatch.setattr(scan, "INT32_OFFSET_LIMIT", 0)
+    assert scan._wide_offsets(16, 8, (0, 0, 1, 16))
+    segments(None, 16)
+    check(make_inputs(2, 6, 40, 16, torch.float32, groups=groups))
+
+
 def test_scan_chunks_must_match(monkeypatch):
     # The backward walks the forward's chunks (one saved state each).
     configs = {kind: {n: dict(cfg) for n, cfg in table.items()} for kind, table in scan.CONFIGS.items()}
