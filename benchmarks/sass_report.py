@@ -1,0 +1,189 @@
+"""What a Triton kernel compiles to on an H100, read on a machine without a GPU: registers, spills and SASS opcodes.
+
+Triton compiles for a GPU it is told about; `compile_for_sm90` hands it a stand-in driver that reports an sm_90
+device, so `kernel.warmup(...)` produces the PTX and cubin an H100 would get. The bundled `ptxas -v` gives registers
+and spill bytes, the bundled `cuobjdump -sass` the instructions. Counts are static (the whole kernel, loops counted
+once), which is what comparing two versions of a loop body needs: kernels/NOTES.md (v8, v9) used them to predict what
+to time on the device.
+
+    python benchmarks/sass_report.py [--shape 8,1536,2048,16]      # the selective scan's kernels at that shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.runtime import driver as triton_driver
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Opcodes worth a column: floating point, special functions (exp2/log2/rcp), shuffles, memory, integer/address work.
+KEY_OPCODES = (
+    "FFMA", "FMUL", "FADD", "MUFU", "SHFL", "LDG", "STG", "LDS", "STS", "LDL", "STL", "RED", "BAR",
+    "PRMT", "SHF", "IMAD", "IADD3", "LEA", "FSEL",
+)  # fmt: skip
+_NVIDIA_BIN = Path(triton.backends.nvidia.__file__).parent / "bin"
+
+
+class _Sm90Driver:
+    """The few driver calls `JITFunction.warmup` makes, answered for an sm_90 device (nothing is launched)."""
+
+    backend = "cuda"
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_device_interface(self):
+        return torch.cuda
+
+    def map_python_to_cpp_type(self, ty):
+        from triton.backends.nvidia.driver import ty_to_cpp
+
+        return ty_to_cpp(ty)
+
+    @staticmethod
+    def is_active():
+        return True
+
+
+@contextlib.contextmanager
+def sm90_target():
+    """Inside the block, Triton compiles for an sm_90 GPU whatever this machine has."""
+    # The driver in use before, restored as it was: reset_active() would build the default driver, and on a machine
+    # without a GPU there is none to build.
+    previous = triton_driver._active
+    triton_driver.set_active(_Sm90Driver())
+    try:
+        yield
+    finally:
+        triton_driver._active = previous
+
+
+@dataclass
+class Report:
+    name: str
+    registers: int
+    spill_bytes: int
+    stack_bytes: int
+    opcodes: collections.Counter
+
+    @property
+    def instructions(self) -> int:
+        return sum(self.opcodes.values())
+
+    def line(self) -> str:
+        ops = " ".join(f"{k}={self.opcodes[k]}" for k in KEY_OPCODES if self.opcodes[k])
+        return (
+            f"{self.name}: {self.registers} registers, {self.spill_bytes} B spilled, {self.instructions} instructions"
+            f"\n    {ops}"
+        )
+
+
+def report(compiled, name: str) -> Report:
+    """Registers and spills (`ptxas -v` on the kernel's PTX for sm_90a) and opcode counts (`cuobjdump -sass`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx, cubin = Path(tmp, "k.ptx"), Path(tmp, "k.cubin")
+        ptx.write_text(compiled.asm["ptx"])
+        cubin.write_bytes(compiled.asm["cubin"])
+        verbose = subprocess.run(
+            [_NVIDIA_BIN / "ptxas", "-v", "-arch=sm_90a", ptx, "-o", os.devnull], capture_output=True, text=True
+        ).stderr
+        sass = subprocess.run([_NVIDIA_BIN / "cuobjdump", "-sass", cubin], capture_output=True, text=True).stdout
+
+    def number(pattern: str) -> int:
+        found = re.search(pattern, verbose)
+        return int(found.group(1)) if found else 0
+
+    opcodes = collections.Counter()
+    for line in sass.splitlines():
+        # "        /*0940*/     @!P1 FFMA.FTZ R1, R2, R3, R4 ;" -> FFMA
+        found = re.match(r"\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
+        if found:
+            opcodes[found.group(1)] += 1
+    return Report(
+        name=name,
+        registers=number(r"Used (\d+) registers"),
+        spill_bytes=number(r"(\d+) bytes spill stores"),
+        stack_bytes=number(r"(\d+) bytes stack frame"),
+        opcodes=opcodes,
+    )
+
+
+class _Recorder:
+    """Stands in for a `@triton.jit` kernel in a launcher: `kernel[grid](**kwargs)` compiles (no launch) and keeps
+    a Report named after the kernel and its block-shape constants."""
+
+    def __init__(self, kernel, name: str, reports: list[Report]):
+        self.kernel, self.name, self.reports = kernel, name, reports
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            compiled = self.kernel.warmup(*args, grid=grid, **kwargs)
+            shape = " ".join(f"{k}={v}" for k, v in kwargs.items() if k.isupper() and type(v) is int)
+            mode = [k for k in ("SEGMENT_ENDS", "SEGMENT_ADJOINT") if kwargs.get(k)]
+            self.reports.append(report(compiled, f"{self.name} {shape}" + (f" {mode[0]}" if mode else "")))
+
+        return launch
+
+
+def scan_reports(batch: int, dim: int, seqlen: int, dstate: int, sms: int = 132) -> list[Report]:
+    """The selective scan's kernels as the launchers configure them for this shape on a GPU of `sms` SMs (132: an
+    H100; segments and channel blocks follow from it), with bf16 inputs, D, z, delta_bias and softplus: the mixer's
+    call."""
+    from kernels.selective_scan import scan
+
+    reports: list[Report] = []
+    names = {"_selective_scan_fwd_kernel": "scan fwd", "_selective_scan_bwd_kernel": "scan bwd"}
+    names["_segment_carry_kernel"] = "segment carry"
+    saved = {attr: getattr(scan, attr) for attr in (*names, "_num_sms")}
+    for attr, name in names.items():
+        setattr(scan, attr, _Recorder(saved[attr], name, reports))
+    scan._num_sms = lambda device: sms
+    try:
+        bf16 = dict(dtype=torch.bfloat16)
+        u, delta, z = (torch.randn(batch, dim, seqlen, **bf16) for _ in range(3))
+        B, C = (torch.randn(batch, dstate, seqlen, **bf16) for _ in range(2))
+        A, D, bias = -torch.rand(dim, dstate), torch.randn(dim), torch.randn(dim)
+        with sm90_target():
+            scan._selective_scan_fwd(u, delta, A, B, C, D, z, bias, None, True, True)
+            states = torch.zeros(batch, dim, scan._n_chunks(seqlen, dstate), dstate)
+            scan._selective_scan_bwd(torch.randn_like(u), None, u, delta, A, B, C, D, z, bias, None, states, True)
+    finally:
+        for attr, value in saved.items():
+            setattr(scan, attr, value)
+    return reports
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="8,1536,2048,16", help="batch,dim,seqlen,dstate of the scan")
+    parser.add_argument("--sms", type=int, default=132, help="SMs of the GPU the launchers plan for (H100: 132)")
+    args = parser.parse_args(argv)
+    batch, dim, seqlen, dstate = (int(v) for v in args.shape.split(","))
+    for r in scan_reports(batch, dim, seqlen, dstate, args.sms):
+        print(r.line())
+
+
+if __name__ == "__main__":
+    main()
