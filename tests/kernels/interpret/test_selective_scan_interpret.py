@@ -336,21 +336,20 @@ def test_scan_segmented_all_options(monkeypatch, segments, seqlen, fwd_len, bwd_
 @pytest.mark.parametrize(
     "fwd,bwd",
     [
-        (dict(BLOCK_D=32, SUB_L=2), dict(BLOCK_D=16, DBC_PER_STEP=False)),
-        (dict(BLOCK_D=16, SUB_L=4), dict(BLOCK_D=8, DBC_PER_STEP=True)),
-        (dict(BLOCK_D=4, SUB_L=1), dict(BLOCK_D=2, DBC_PER_STEP=True)),
-        (dict(BLOCK_D=8, SUB_L=8, BLOCK_L=4), dict(BLOCK_D=32, DBC_PER_STEP=False, BLOCK_L=4)),
+        (dict(BLOCK_D=32), dict(BLOCK_D=16, DBC_PER_STEP=False)),
+        (dict(BLOCK_D=16), dict(BLOCK_D=8, DBC_PER_STEP=True)),
+        (dict(BLOCK_D=4), dict(BLOCK_D=2, DBC_PER_STEP=True)),
+        (dict(BLOCK_D=8, BLOCK_L=4), dict(BLOCK_D=32, DBC_PER_STEP=False, BLOCK_L=4)),
     ],
-    ids=["d32-sub2/d16", "d16-sub4/d8-per-step", "d4-sub1/d2-per-step", "chunk4-d8/d32"],
+    ids=["d32/d16", "d16/d8-per-step", "d4/d2-per-step", "chunk4-d8/d32"],
 )
 @pytest.mark.parametrize("seqlen,bwd_len", [(1, None), (37, None), (61, 16)], ids=["1", "37", "61-seg16"])
 def test_scan_block_shapes(monkeypatch, segments, fwd, bwd, seqlen, bwd_len):
-    # The launch shapes change how the tiles are laid out (states inside a thread or over 2-16 lanes), how a chunk is
-    # cut into sub-chunks and how dB/dC reach memory: every choice computes the same function.
+    # The launch shapes change how the backward's tiles are laid out (states inside a thread or over 2-16 lanes), the
+    # chunk length and how dB/dC reach memory: every choice computes the same function.
     configs = {kind: {n: dict(cfg) for n, cfg in table.items()} for kind, table in scan.CONFIGS.items()}
     for cfg in configs["fwd"].values():
         cfg.update(fwd)
-        cfg["SUB_L"] = min(cfg["SUB_L"], cfg["BLOCK_L"])
     for cfg in configs["bwd"].values():
         cfg.update(bwd)
     monkeypatch.setattr(scan, "CONFIGS", configs)
