@@ -82,13 +82,12 @@ __all__ = ["selective_scan"]
 _LOG2E = 1.4426950408889634
 
 # Block shapes, chosen per dstate on an H100 (see kernels/NOTES.md, v8 and v9). The forward's BLOCK_L is also the
-# interval at which it saves states for the backward, whose chunks are the same (see _check_chunks). DBC_PER_STEP adds
-# the backward's dB/dC to memory after every step instead of once per chunk (fewer registers; measured 1.6-7x slower).
+# interval at which it saves states for the backward, whose chunks are the same (see _check_chunks).
 CONFIGS: dict[str, dict[int, dict[str, int]]] = {
     "fwd": {16: dict(BLOCK_D=8, BLOCK_L=8, num_warps=1), 64: dict(BLOCK_D=4, BLOCK_L=8, num_warps=1)},
     "bwd": {
-        16: dict(BLOCK_D=4, BLOCK_L=8, DBC_PER_STEP=False, num_warps=1),
-        64: dict(BLOCK_D=2, BLOCK_L=8, DBC_PER_STEP=False, num_warps=1),
+        16: dict(BLOCK_D=4, BLOCK_L=8, num_warps=1),
+        64: dict(BLOCK_D=2, BLOCK_L=8, num_warps=1),
     },
 }
 # dB/dC are sums over channels: fp32 atomics into one buffer ("atomics"), or per-program partial slices summed by
@@ -523,7 +522,6 @@ def _selective_scan_bwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_L: tl.constexpr,
     N_LANES: tl.constexpr,
-    DBC_PER_STEP: tl.constexpr,
     WIDE: tl.constexpr,
 ):
     # Program (channel block, batch, segment): steps [t_lo, t_hi) (chunks [seg * seg_chunks, ...)) in reverse, from
@@ -613,26 +611,21 @@ def _selective_scan_bwd_kernel(
 
     for i in range(0, chunk_hi - chunk_lo):
         chunk = chunk_hi - 1 - i
-        # Addresses: a pointer (per thread or per program) moved to the chunk's first step, t0 (64-bit: time offsets are
-        # strided in channel-last memory and may pass 2^31), plus per-step offsets that are compile-time constants when
-        # the time stride is 1, so the loads take them as immediates.
-        t0 = (chunk * BLOCK_L).to(tl.int64)
+        t0 = (chunk * BLOCK_L).to(tl.int64)  # the chunk's first step (see _chunk_steps)
         mask_t = chunk * BLOCK_L + l3 < seqlen
         mask_td = mask_t & mask_d3  # [BLOCK_L, BLOCK_D, 1]
         mask_tn = mask_t & mask_n3  # [BLOCK_L, 1, BLOCK_N]
 
         # The chunk's tiles. Padding steps (t >= seqlen) get dt = 0 and zero inputs: decay 1, nothing added, so they
         # pass h forward and q backward unchanged. B/C stay in their own dtype until a step is picked (registers).
-        dt = _load_dt(
-            delta_cols + t0 * stride_delta_l + l3 * stride_delta_l, mask_td, bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS
-        )
+        dt = _load_dt(_chunk_steps(delta_cols, t0, l3, stride_delta_l), mask_td, bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
         Cc = _bc_load(C_row + t0 * stride_C_l + (C_n + l3 * stride_C_l), mask_tn, False)  # [BLOCK_L, 1, BLOCK_N]
-        dy = _seq_load(dout_cols + t0 * stride_dout_l + l3 * stride_dout_l, mask_td)  # [BLOCK_L, BLOCK_D, 1]
+        dy = _seq_load(_chunk_steps(dout_cols, t0, l3, stride_dout_l), mask_td)  # [BLOCK_L, BLOCK_D, 1]
         if HAS_Z:
-            zc = _seq_load(z_cols + t0 * stride_z_l + l3 * stride_z_l, mask_td)
+            zc = _seq_load(_chunk_steps(z_cols, t0, l3, stride_z_l), mask_td)
             dy = dy * zc * _sigmoid(zc)
         if not SEGMENT_ADJOINT:
-            dtu = dt * _seq_load(u_cols + t0 * stride_u_l + l3 * stride_u_l, mask_td)
+            dtu = dt * _seq_load(_chunk_steps(u_cols, t0, l3, stride_u_l), mask_td)
             Bc = _bc_load(B_row + t0 * stride_B_l + (B_n + l3 * stride_B_l), mask_tn, False)
             # Forward over the chunk from its saved start state, keeping h[t] for every step.
             h = tl.load(states_row + (chunk * dstate + n3 * stride_states_n), mask=mask_nd, other=0.0)
@@ -641,17 +634,16 @@ def _selective_scan_bwd_kernel(
                 at_j = l3 == j
                 h = tl.exp2(_at(dt, at_j) * A2) * h + _at(dtu, at_j) * _at(Bc, at_j)
                 hs = tl.where(at_j, h, hs)
-            if not DBC_PER_STEP:
-                dB = tl.zeros([BLOCK_L, 1, BLOCK_N], dtype=tl.float32)
-                dC = tl.zeros([BLOCK_L, 1, BLOCK_N], dtype=tl.float32)
+            dB = tl.zeros([BLOCK_L, 1, BLOCK_N], dtype=tl.float32)
+            dC = tl.zeros([BLOCK_L, 1, BLOCK_N], dtype=tl.float32)
             gB = tl.zeros([BLOCK_L, BLOCK_D, 1], dtype=tl.float32)  # sum_n g B
             gah_A = tl.zeros([BLOCK_L, BLOCK_D, 1], dtype=tl.float32)  # sum_n g a[t] h[t-1] A log2(e)
             if HAS_Z:
                 yc = tl.zeros([BLOCK_L, BLOCK_D, 1], dtype=tl.float32)  # sum_n C h
 
         # Backward over the chunk: g[t] = C[t] dy[t] + q, then q <- a[t] g[t]. dB/dC (sums over the channels, across
-        # the lanes) are gathered into [BLOCK_L, 1, BLOCK_N] tiles and added to memory once per chunk (DBC_PER_STEP:
-        # after every step).
+        # the lanes) are gathered into [BLOCK_L, 1, BLOCK_N] tiles and added to memory once per chunk (atomics after
+        # every step measured 1.6-7x slower: kernels/NOTES.md, v9).
         for jj in tl.static_range(BLOCK_L):
             j = BLOCK_L - 1 - jj
             at_j = l3 == j
@@ -672,44 +664,36 @@ def _selective_scan_bwd_kernel(
                 gah_A = tl.where(at_j, tl.sum(g_ah * A2, axis=2, keep_dims=True), gah_A)
                 if HAS_Z:
                     yc = tl.where(at_j, tl.sum(h_j * C_j, axis=2, keep_dims=True), yc)
-                dB_j = tl.sum(g * dtu_j, axis=1, keep_dims=True)  # [1, 1, BLOCK_N]
-                dC_j = tl.sum(h_j * dy_j, axis=1, keep_dims=True)
-                if DBC_PER_STEP:
-                    mask_j = (chunk * BLOCK_L + j < seqlen) & mask_n3
-                    _bc_accumulate(dB_row + t0 * stride_dB_l + (dB_n + j * stride_dB_l), dB_j, mask_j, DBC_PARTIALS)
-                    _bc_accumulate(dC_row + t0 * stride_dC_l + (dC_n + j * stride_dC_l), dC_j, mask_j, DBC_PARTIALS)
-                else:
-                    dB = tl.where(at_j, dB_j, dB)
-                    dC = tl.where(at_j, dC_j, dC)
+                dB = tl.where(at_j, tl.sum(g * dtu_j, axis=1, keep_dims=True), dB)  # [BLOCK_L, 1, BLOCK_N]
+                dC = tl.where(at_j, tl.sum(h_j * dy_j, axis=1, keep_dims=True), dC)
 
         if not SEGMENT_ADJOINT:
             # The chunk's per-channel gradients, from the sums gathered above and the tiles reloaded (cheaper in
             # registers than keeping them across the two walks).
-            u = _seq_load(u_cols + t0 * stride_u_l + l3 * stride_u_l, mask_td)
+            u = _seq_load(_chunk_steps(u_cols, t0, l3, stride_u_l), mask_td)
             du = dt * gB
             ddt = gah_A * 0.6931471805599453 + u * gB
             if DELTA_SOFTPLUS:
-                ddt = ddt * _sigmoid(_seq_load(delta_cols + t0 * stride_delta_l + l3 * stride_delta_l, mask_td) + bias)
+                ddt = ddt * _sigmoid(_seq_load(_chunk_steps(delta_cols, t0, l3, stride_delta_l), mask_td) + bias)
             if HAS_D:
                 du += Dv * dy
                 dD_acc += tl.sum(dy * u, axis=0, keep_dims=True)
-            _seq_store(du_cols + t0 * stride_du_l + l3 * stride_du_l, du, mask_td)
+            _seq_store(_chunk_steps(du_cols, t0, l3, stride_du_l), du, mask_td)
             if HAS_Z:
                 if HAS_D:
                     yc += Dv * u
-                dout = _seq_load(dout_cols + t0 * stride_dout_l + l3 * stride_dout_l, mask_td)
+                dout = _seq_load(_chunk_steps(dout_cols, t0, l3, stride_dout_l), mask_td)
                 sig_z = _sigmoid(zc)
                 _seq_store(
-                    dz_cols + t0 * stride_dz_l + l3 * stride_dz_l,
+                    _chunk_steps(dz_cols, t0, l3, stride_dz_l),
                     dout * yc * sig_z * (1.0 + zc * (1.0 - sig_z)),
                     mask_td,
                 )
             ddt = tl.where(mask_td, ddt, 0.0)
             dbias_acc += tl.sum(ddt, axis=0, keep_dims=True)
-            _seq_store(ddelta_cols + t0 * stride_ddelta_l + l3 * stride_ddelta_l, ddt, mask_td)
-            if not DBC_PER_STEP:
-                _bc_accumulate(dB_row + t0 * stride_dB_l + (dB_n + l3 * stride_dB_l), dB, mask_tn, DBC_PARTIALS)
-                _bc_accumulate(dC_row + t0 * stride_dC_l + (dC_n + l3 * stride_dC_l), dC, mask_tn, DBC_PARTIALS)
+            _seq_store(_chunk_steps(ddelta_cols, t0, l3, stride_ddelta_l), ddt, mask_td)
+            _bc_accumulate(dB_row + t0 * stride_dB_l + (dB_n + l3 * stride_dB_l), dB, mask_tn, DBC_PARTIALS)
+            _bc_accumulate(dC_row + t0 * stride_dC_l + (dC_n + l3 * stride_dC_l), dC, mask_tn, DBC_PARTIALS)
 
     if not SEGMENT_ADJOINT:
         tl.atomic_add(dA_ptr + d3 * dstate + n3 * stride_states_n, dA_acc, mask=mask_nd, sem="relaxed")
@@ -725,6 +709,14 @@ def _selective_scan_bwd_kernel(
             tl.store(dtsum_ptr + (pid_b * dim + d3) * n_segments + seg, dt_sum, mask=mask_d3)
         else:
             tl.store(dstart_ptrs, q, mask=mask_nd & (seg == 0))
+
+
+@triton.jit
+def _chunk_steps(cols, t0, l3, stride_l):
+    # A sequence's pointers over a chunk: `cols` moved to the chunk's first step t0 (64-bit: time offsets are strided
+    # in channel-last memory and may pass 2^31), plus the steps l3 [BLOCK_L, 1, 1], which are compile-time offsets when
+    # the time stride is 1, so the loads and stores take them as immediates.
+    return cols + t0 * stride_l + l3 * stride_l
 
 
 @triton.jit

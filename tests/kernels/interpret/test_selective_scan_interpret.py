@@ -336,17 +336,17 @@ def test_scan_segmented_all_options(monkeypatch, segments, seqlen, fwd_len, bwd_
 @pytest.mark.parametrize(
     "fwd,bwd",
     [
-        (dict(BLOCK_D=32), dict(BLOCK_D=16, DBC_PER_STEP=False)),
-        (dict(BLOCK_D=16), dict(BLOCK_D=8, DBC_PER_STEP=True)),
-        (dict(BLOCK_D=4), dict(BLOCK_D=2, DBC_PER_STEP=True)),
-        (dict(BLOCK_D=8, BLOCK_L=4), dict(BLOCK_D=32, DBC_PER_STEP=False, BLOCK_L=4)),
+        (dict(BLOCK_D=32), dict(BLOCK_D=16)),
+        (dict(BLOCK_D=16), dict(BLOCK_D=8)),
+        (dict(BLOCK_D=4), dict(BLOCK_D=2)),
+        (dict(BLOCK_D=8, BLOCK_L=4), dict(BLOCK_D=32, BLOCK_L=4)),
     ],
-    ids=["d32/d16", "d16/d8-per-step", "d4/d2-per-step", "chunk4-d8/d32"],
+    ids=["d32/d16", "d16/d8", "d4/d2", "chunk4-d8/d32"],
 )
 @pytest.mark.parametrize("seqlen,bwd_len", [(1, None), (37, None), (61, 16)], ids=["1", "37", "61-seg16"])
 def test_scan_block_shapes(monkeypatch, segments, fwd, bwd, seqlen, bwd_len):
-    # The launch shapes change how the backward's tiles are laid out (states inside a thread or over 2-16 lanes), the
-    # chunk length and how dB/dC reach memory: every choice computes the same function.
+    # The launch shapes change how the backward's tiles are laid out (states inside a thread or over 2-16 lanes) and
+    # the chunk length: every choice computes the same function.
     configs = {kind: {n: dict(cfg) for n, cfg in table.items()} for kind, table in scan.CONFIGS.items()}
     for cfg in configs["fwd"].values():
         cfg.update(fwd)
