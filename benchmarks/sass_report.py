@@ -151,6 +151,8 @@ def scan_reports(batch: int, dim: int, seqlen: int, dstate: int, sms: int = 132)
     """The selective scan's kernels as the launchers configure them for this shape on a GPU of `sms` SMs (132: an
     H100; segments and channel blocks follow from it), with bf16 inputs, D, z, delta_bias and softplus: the mixer's
     call."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("TRITON_INTERPRET=1 runs kernels in Python and compiles nothing: unset it for sass_report")
     from kernels.selective_scan import scan
 
     reports: list[Report] = []
