@@ -1,13 +1,14 @@
 """Where a training step's time and memory go: a torch.profiler per-op table and the saved activations by shape.
 
-The same step as `train_throughput.py` (130M shape by default, batch 8 x 2048, bf16 autocast, fused AdamW). It writes
+The same step as `train_throughput.py` (130M shape by default, batch 8 x 2048, bf16 autocast, fused AdamW; full
+logits + cross-entropy, or with `--fused-loss` the fused LM head + cross-entropy). It writes
 `results/profile_train_step_<gpu>.md` with:
 - GPU time per kernel (self CUDA time, summed over the profiled steps, divided by their number), grouped into stages
   (selective scan, conv, norm, matmul, cross-entropy, optimizer, copies/elementwise) and listed op by op;
 - the tensors autograd keeps for the backward, by shape and dtype (bytes per step), which is what peak memory
   above the weights and optimizer state consists of.
 
-    python benchmarks/profile_train_step.py [--size 370M] [--batch 8] [--seqlen 2048]
+    python benchmarks/profile_train_step.py [--size 370M] [--batch 8] [--seqlen 2048] [--fused-loss]
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.report import RESULTS, environment, gpu_slug, markdown_table  # noqa: E402
-from benchmarks.train_throughput import SIZES, build  # noqa: E402
+from benchmarks.train_throughput import SIZES, build, loss_function  # noqa: E402
 
 # Substrings of kernel names -> stage; the first match wins, so the specific ones come first.
 STAGES = [
@@ -46,17 +46,15 @@ def stage_of(name: str) -> str:
     return "other elementwise / reductions"
 
 
-def training_step(model, optimizer, ids):
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits = model(ids[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+def training_step(optimizer, loss_fn, ids):
+    loss = loss_fn(ids)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss
 
 
-def saved_activations(model, ids) -> list[dict]:
+def saved_activations(loss_fn, ids) -> list[dict]:
     """Bytes autograd saves for the backward in one forward, grouped by (shape, dtype); storages counted once."""
     seen: set[int] = set()
     groups: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
@@ -70,10 +68,9 @@ def saved_activations(model, ids) -> list[dict]:
             groups[key][1] += storage.nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cuda", dtype=torch.bfloat16):
-        logits = model(ids[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
-    del loss, logits
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_fn(ids)
+    del loss
     rows = [{"shape": str(list(k[0])), "dtype": k[1], "count": c, "MiB": b / 2**20} for k, (c, b) in groups.items()]
     return sorted(rows, key=lambda r: -r["MiB"])
 
@@ -84,19 +81,21 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seqlen", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--fused-loss", action="store_true", help="fused LM head + cross-entropy (no logits kept)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
     model = build(args.size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    loss_fn = loss_function(model, args.fused_loss)
     ids = torch.randint(0, 50277, (args.batch, args.seqlen + 1), device="cuda")
     for _ in range(3):
-        training_step(model, optimizer, ids)
+        training_step(optimizer, loss_fn, ids)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(args.steps):
-            training_step(model, optimizer, ids)
+            training_step(optimizer, loss_fn, ids)
         torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() / 2**30
     weights_and_state = sum(p.numel() for p in model.parameters()) * 4 * 4 / 2**30  # fp32 weight, grad, 2 moments
@@ -117,13 +116,14 @@ def main(argv=None) -> None:
     for row in per_op:
         row["share"] = f"{row['us/step'] / total_us:.1%}"
 
-    saved = saved_activations(model, ids)
+    saved = saved_activations(loss_fn, ids)
     saved_gib = sum(r["MiB"] for r in saved) / 1024
 
     env = environment()
     tokens = args.batch * args.seqlen
+    loss_label = "fused LM head + cross-entropy" if args.fused_loss else "logits + cross-entropy"
     text = [
-        f"# profile_train_step: {args.size}, batch {args.batch} x {args.seqlen}\n",
+        f"# profile_train_step: {args.size}, batch {args.batch} x {args.seqlen}, {loss_label}\n",
         f"{env['gpu']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}\n",
         f"GPU kernel time {total_us / 1000:.1f} ms/step ({tokens / (total_us / 1e6):,.0f} tokens/s if the GPU never "
         f"idled); peak memory {peak:.1f} GiB, of which fp32 weights + grads + AdamW moments {weights_and_state:.1f} "
@@ -136,7 +136,8 @@ def main(argv=None) -> None:
         markdown_table(saved[:25], ["shape", "dtype", "count", "MiB"]),
     ]
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"profile_train_step_{args.size}_{gpu_slug(env)}.md"
+    suffix = "_fused_loss" if args.fused_loss else ""
+    out = RESULTS / f"profile_train_step_{args.size}{suffix}_{gpu_slug(env)}.md"
     out.write_text("\n".join(text) + "\n")
     print("\n".join(text))  # noqa: T201 - benchmark output
 
