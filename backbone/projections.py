@@ -16,14 +16,23 @@ copy: d hidden as a contiguous `[B, L, D]` (for the norm's backward kernel) and 
 scan's backward kernel); autograd's own matmul backward would hand both over transposed.
 
 Mixed precision: the GEMMs run in the autocast dtype when autocast is on (like `F.linear` does), else in the
-activations' dtype; the weight gradients are returned in that dtype and autograd casts them to the weights' dtype.
+activations' dtype; the weight gradients come out of their GEMMs in the weights' own dtype (fp32 straight from the
+accumulator on CUDA, see `matmul_in`).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["channel_major_matrix", "compute_dtype", "from_channel_major", "in_projection", "out_projection"]
+__all__ = [
+    "add_matmul_",
+    "channel_major_matrix",
+    "compute_dtype",
+    "from_channel_major",
+    "in_projection",
+    "matmul_in",
+    "out_projection",
+]
 
 
 def channel_major_matrix(seq: torch.Tensor) -> torch.Tensor:
@@ -45,6 +54,28 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
     return t.dtype
 
 
+def _mixed_precision_gemm(a: torch.Tensor, out_dtype: torch.dtype) -> bool:
+    # cuBLAS can write a half-precision GEMM's fp32 accumulator as it is (torch's `out_dtype`, CUDA only).
+    return a.is_cuda and a.dtype in (torch.float16, torch.bfloat16) and out_dtype == torch.float32
+
+
+def matmul_in(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, out: torch.Tensor | None = None):
+    """`a @ b` `[M, N]` returned in `out_dtype` (e.g. an fp32 weight gradient from bf16 activations): on CUDA the GEMM
+    writes its fp32 accumulator directly, instead of a bf16 product that is then cast (two more passes)."""
+    if _mixed_precision_gemm(a, out_dtype):
+        return torch.mm(a, b, out_dtype=out_dtype, out=out)
+    product = (a @ b).to(out_dtype)
+    return product if out is None else out.copy_(product)
+
+
+def add_matmul_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`acc += a @ b` in place, `acc` in fp32 and a, b in the compute dtype: on CUDA one GEMM accumulates into `acc`
+    (no half-precision product written, read back and added)."""
+    if _mixed_precision_gemm(a, acc.dtype):
+        return torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+    return acc.add_(a @ b)
+
+
 class _InProjection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -61,7 +92,7 @@ class _InProjection(torch.autograd.Function):
                 x += b[:d_inner, None]
                 z += b[d_inner:, None]
         ctx.save_for_backward(rows, w)
-        ctx.shape, ctx.has_bias = (batch, seqlen, d_model), bias is not None
+        ctx.shape, ctx.has_bias, ctx.weight_dtype = (batch, seqlen, d_model), bias is not None, weight.dtype
         return from_channel_major(x, batch), from_channel_major(z, batch)
 
     @staticmethod
@@ -73,7 +104,9 @@ class _InProjection(torch.autograd.Function):
         with torch.autocast(rows.device.type, enabled=False):
             dhidden = dx.t() @ w[:d_inner]  # [B L, D], contiguous
             dhidden.addmm_(dz.t(), w[d_inner:])
-            dweight = torch.cat([dx @ rows, dz @ rows])  # [2 d_inner, D]
+            dweight = torch.empty(w.shape, device=w.device, dtype=ctx.weight_dtype)  # [2 d_inner, D]
+            matmul_in(dx, rows, ctx.weight_dtype, out=dweight[:d_inner])
+            matmul_in(dz, rows, ctx.weight_dtype, out=dweight[d_inner:])
             dbias = torch.cat([dx.sum(1), dz.sum(1)]) if ctx.has_bias else None
         return dhidden.view(batch, seqlen, d_model), dweight, dbias
 
@@ -90,7 +123,7 @@ class _OutProjection(torch.autograd.Function):
             if bias is not None:
                 out += bias.to(dtype)
         ctx.save_for_backward(y_rows, w)
-        ctx.batch, ctx.has_bias = batch, bias is not None
+        ctx.batch, ctx.has_bias, ctx.weight_dtype = batch, bias is not None, weight.dtype
         return out.view(batch, seqlen, -1)
 
     @staticmethod
@@ -99,7 +132,7 @@ class _OutProjection(torch.autograd.Function):
         dout = dout.reshape(-1, dout.shape[-1]).to(w.dtype)  # [B L, D]
         with torch.autocast(y_rows.device.type, enabled=False):
             dy = w.t() @ dout.t()  # [d_inner, B L]: channel-major, as the scan's backward reads it
-            dweight = dout.t() @ y_rows.t()  # [D, d_inner]
+            dweight = matmul_in(dout.t(), y_rows.t(), ctx.weight_dtype)  # [D, d_inner]
             dbias = dout.sum(0) if ctx.has_bias else None
         return from_channel_major(dy, ctx.batch), dweight, dbias
 

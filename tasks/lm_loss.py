@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from backbone.projections import compute_dtype
+from backbone.projections import add_matmul_, compute_dtype
 
 __all__ = ["linear_token_nll"]
 
@@ -51,7 +51,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if want_dh:
                     torch.mm(logits, w, out=dh[rows])
                 if want_dw:
-                    dw += logits.t() @ h[rows]
+                    add_matmul_(dw, logits.t(), h[rows])  # fp32 accumulation inside the GEMM
         ctx.save_for_backward(dh, dw)
         return nats
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import kernels
 from backbone import MambaConfig
 from backbone.mixer import MambaMixer
-from backbone.projections import channel_major_matrix, in_projection, out_projection
+from backbone.projections import add_matmul_, channel_major_matrix, in_projection, matmul_in, out_projection
 
 
 def grads(outputs, inputs):
@@ -126,3 +126,24 @@ def test_drop_path_drops_whole_sequences_in_training_only():
     assert isinstance(MambaBlock(config, layer_idx=0).drop_path, torch.nn.Identity)
     with pytest.raises(ValueError, match="drop_path"):
         MambaConfig(drop_path=1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fp32_gemm_outputs_on_cuda(dtype):
+    # matmul_in / add_matmul_ take cuBLAS's fp32-output path on CUDA; transposed operands as the backward passes them.
+    a = torch.randn(300, 130, device="cuda", dtype=dtype)
+    b = torch.randn(200, 130, device="cuda", dtype=dtype).t()
+    exact = a.double() @ b.double()
+    out = matmul_in(a, b, torch.float32)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-4)
+    into = torch.empty(600, 200, device="cuda")
+    matmul_in(a, b, torch.float32, out=into[300:])
+    torch.testing.assert_close(into[300:], out, rtol=0, atol=0)
+
+    acc = torch.randn(300, 200, device="cuda")
+    before = acc.clone()
+    returned = add_matmul_(acc, a, b)
+    assert returned.data_ptr() == acc.data_ptr()
+    torch.testing.assert_close(acc.double(), before.double() + exact, rtol=1e-5, atol=1e-4)
