@@ -38,7 +38,7 @@ def test_replayed_steps_match_eager_steps():
     batches = [first, second, first.clone(), second.clone()]
 
     eager, eager_loss = _lm_and_loss(0)
-    eager_opt = torch.optim.AdamW(eager.parameters(), lr=1e-3, fused=True, capturable=True)
+    eager_opt = torch.optim.AdamW(eager.parameters(), lr=torch.tensor(1e-3, device="cuda"), fused=True, capturable=True)
     eager_losses = []
     for ids in batches:
         loss = eager_loss(ids)
@@ -49,7 +49,9 @@ def test_replayed_steps_match_eager_steps():
 
     graphed, graphed_loss = _lm_and_loss(0)
     start = {k: v.clone() for k, v in graphed.state_dict().items()}
-    graphed_opt = torch.optim.AdamW(graphed.parameters(), lr=1e-3, fused=True, capturable=True)
+    # lr a tensor, so that a schedule can change it between replays
+    graphed_opt = torch.optim.AdamW(graphed.parameters(), lr=torch.tensor(1e-3, device="cuda"), fused=True,
+                                    capturable=True)  # fmt: skip
     step = CUDAGraphTrainStep(graphed_loss, graphed_opt, (batches[0],))
     for k, v in graphed.state_dict().items():  # warm-up and capture left the model as it was
         torch.testing.assert_close(v, start[k], rtol=0, atol=0, msg=f"capture changed {k}")
@@ -61,6 +63,14 @@ def test_replayed_steps_match_eager_steps():
     assert graphed_losses[2] < graphed_losses[0] and graphed_losses[3] < graphed_losses[1], "the steps did not train"
     for (name, p_graph), p_eager in zip(graphed.named_parameters(), eager.parameters(), strict=True):
         torch.testing.assert_close(p_graph, p_eager, rtol=1e-3, atol=4e-3, msg=f"parameter {name} differs")
+
+    # The replayed step reads the learning rate from its tensor, set in place as torch's LR schedulers do: a zero
+    # rate leaves the weights alone.
+    graphed_opt.param_groups[0]["lr"].fill_(0.0)
+    before = [p.clone() for p in graphed.parameters()]
+    step(batches[0])
+    for p, b in zip(graphed.parameters(), before, strict=True):
+        torch.testing.assert_close(p, b, rtol=0, atol=0)
 
     with pytest.raises(ValueError, match=r"batch\[0\].*shape \(2, 33\).*captured for.*\(2, 65\)"):
         step(torch.zeros(2, 33, dtype=torch.long, device="cuda"))
