@@ -7,7 +7,7 @@ captured graph launches the same kernels with one call and no Python, so the ste
 
     step = CUDAGraphTrainStep(loss_fn, optimizer, example_batch)   # warms up, captures; the model is left unchanged
     for batch in loader:
-        loss = step(batch)          # copies `batch` into the captured inputs, replays; `loss` is a 0-dim CUDA tensor
+        loss = step(*batch)         # copies `batch` into the captured inputs, replays; `loss` is a 0-dim CUDA tensor
 
 What capture requires, and this class checks or arranges:
 - fixed shapes: every batch must have the shapes and dtypes of `example_batch` (a different one raises);
@@ -38,7 +38,6 @@ class CUDAGraphTrainStep:
         optimizer: a `torch.optim.Optimizer` built with `capturable=True`, over the parameters `loss_fn` trains.
         example_batch: CUDA tensors with the shapes and dtypes of every later batch; used for warm-up and capture.
         warmup_steps: eager steps before capture (they are undone).
-        max_grad_norm: if set, the gradients are clipped to this total norm inside the graph before the step.
 
     Attributes:
         peak_memory_bytes: device memory in use at the peak of a step (weights, optimizer state, gradients and the
@@ -52,7 +51,6 @@ class CUDAGraphTrainStep:
         example_batch: Sequence[torch.Tensor],
         *,
         warmup_steps: int = 3,
-        max_grad_norm: float | None = None,
     ) -> None:
         # Optimizers with a step count (Adam, AdamW, ...) have the flag; those without (SGD) capture as they are.
         if any(group.get("capturable") is False for group in optimizer.param_groups):
@@ -63,7 +61,7 @@ class CUDAGraphTrainStep:
         for i, t in enumerate(example_batch):
             if not (isinstance(t, torch.Tensor) and t.is_cuda):
                 raise ValueError(f"CUDAGraphTrainStep: example_batch[{i}] must be a CUDA tensor, got {_describe(t)}")
-        self.loss_fn, self.optimizer, self.max_grad_norm = loss_fn, optimizer, max_grad_norm
+        self.loss_fn, self.optimizer = loss_fn, optimizer
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.static_batch = [t.detach().clone() for t in example_batch]
 
@@ -90,8 +88,6 @@ class CUDAGraphTrainStep:
     def _step(self) -> torch.Tensor:
         loss = self.loss_fn(*self.static_batch)
         loss.backward()
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=True)
         self.optimizer.step()
         return loss.detach()
 
