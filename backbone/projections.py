@@ -55,17 +55,22 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def _mixed_precision_gemm(a: torch.Tensor, out_dtype: torch.dtype) -> bool:
-    # cuBLAS can write a half-precision GEMM's fp32 accumulator as it is (torch's `out_dtype`, CUDA only).
-    return a.is_cuda and a.dtype in (torch.float16, torch.bfloat16) and out_dtype == torch.float32
+    # cuBLAS can write a half-precision GEMM's fp32 accumulator as it is (torch's `out_dtype`, CUDA only). Under
+    # torch.compile the plain form is traced instead: inductor fuses the cast itself.
+    return (
+        a.is_cuda
+        and a.dtype in (torch.float16, torch.bfloat16)
+        and out_dtype == torch.float32
+        and not torch.compiler.is_compiling()
+    )
 
 
-def matmul_in(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, out: torch.Tensor | None = None):
+def matmul_in(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """`a @ b` `[M, N]` returned in `out_dtype` (e.g. an fp32 weight gradient from bf16 activations): on CUDA the GEMM
     writes its fp32 accumulator directly, instead of a bf16 product that is then cast (two more passes)."""
     if _mixed_precision_gemm(a, out_dtype):
-        return torch.mm(a, b, out_dtype=out_dtype, out=out)
-    product = (a @ b).to(out_dtype)
-    return product if out is None else out.copy_(product)
+        return torch.mm(a, b, out_dtype=out_dtype)
+    return (a @ b).to(out_dtype)
 
 
 def add_matmul_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -104,9 +109,7 @@ class _InProjection(torch.autograd.Function):
         with torch.autocast(rows.device.type, enabled=False):
             dhidden = dx.t() @ w[:d_inner]  # [B L, D], contiguous
             dhidden.addmm_(dz.t(), w[d_inner:])
-            dweight = torch.empty(w.shape, device=w.device, dtype=ctx.weight_dtype)  # [2 d_inner, D]
-            matmul_in(dx, rows, ctx.weight_dtype, out=dweight[:d_inner])
-            matmul_in(dz, rows, ctx.weight_dtype, out=dweight[d_inner:])
+            dweight = torch.cat([matmul_in(g, rows, ctx.weight_dtype) for g in (dx, dz)])  # [2 d_inner, D]
             dbias = torch.cat([dx.sum(1), dz.sum(1)]) if ctx.has_bias else None
         return dhidden.view(batch, seqlen, d_model), dweight, dbias
 

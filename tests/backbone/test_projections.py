@@ -138,9 +138,6 @@ def test_fp32_gemm_outputs_on_cuda(dtype):
     out = matmul_in(a, b, torch.float32)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-4)
-    into = torch.empty(600, 200, device="cuda")
-    matmul_in(a, b, torch.float32, out=into[300:])
-    torch.testing.assert_close(into[300:], out, rtol=0, atol=0)
 
     acc = torch.randn(300, 200, device="cuda")
     before = acc.clone()
