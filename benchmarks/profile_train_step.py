@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.report import RESULTS, environment, gpu_slug, markdown_table  # noqa: E402
-from benchmarks.train_throughput import SIZES, build, loss_function  # noqa: E402
+from benchmarks.train_throughput import SIZES, build, eager_step, loss_function  # noqa: E402
 
 # Substrings of kernel names -> stage; the first match wins, so the specific ones come first.
 STAGES = [
@@ -44,14 +44,6 @@ def stage_of(name: str) -> str:
         if any(k in lowered for k in keys):
             return stage
     return "other elementwise / reductions"
-
-
-def training_step(optimizer, loss_fn, ids):
-    loss = loss_fn(ids)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss
 
 
 def saved_activations(loss_fn, ids) -> list[dict]:
@@ -90,12 +82,12 @@ def main(argv=None) -> None:
     loss_fn = loss_function(model, args.fused_loss)
     ids = torch.randint(0, 50277, (args.batch, args.seqlen + 1), device="cuda")
     for _ in range(3):
-        training_step(optimizer, loss_fn, ids)
+        eager_step(optimizer, loss_fn, ids)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(args.steps):
-            training_step(optimizer, loss_fn, ids)
+            eager_step(optimizer, loss_fn, ids)
         torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() / 2**30
     weights_and_state = sum(p.numel() for p in model.parameters()) * 4 * 4 / 2**30  # fp32 weight, grad, 2 moments

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 from pathlib import Path
 
@@ -55,9 +56,18 @@ def loss_function(model, fused_loss: bool):
     return loss_fn
 
 
+def eager_step(optimizer, loss_fn, ids):
+    """One eager training step: loss, backward, optimizer step, gradients released."""
+    loss = loss_fn(ids)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 def time_steps(model, batch, seqlen, *, steps, warmup, backend, compiled=False, fused_loss=False, cuda_graph=False):
     """Mean ms per training step and peak GiB; eager, or replaying the whole step as one CUDA graph."""
-    # capturable: the step count stays on the GPU, which a graph needs; for eager steps it costs nothing measurable.
+    # capturable (only for the graph): the optimizer's step count stays on the GPU, which capture needs.
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=cuda_graph)
     loss_fn = loss_function(torch.compile(model) if compiled else model, fused_loss)
     ids = torch.randint(0, 50277, (batch, seqlen + 1), device="cuda")
@@ -67,13 +77,7 @@ def time_steps(model, batch, seqlen, *, steps, warmup, backend, compiled=False, 
         if cuda_graph:  # warm-up and capture happen here (tasks/cuda_graph_step.py)
             step = CUDAGraphTrainStep(loss_fn, optimizer, (ids,), warmup_steps=warmup)
         else:
-
-            def step(ids):
-                loss = loss_fn(ids)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                return loss
+            step = functools.partial(eager_step, optimizer, loss_fn)
 
             for _ in range(warmup):
                 step(ids)
