@@ -13,9 +13,9 @@ Backward, with `dpre[s] = dout[s] * act'(pre[s])` for `0 <= s < L` (0 elsewhere)
 
 Each program owns a `[BLOCK_D, BLOCK_L]` tile of one sequence. The shifted reads of x overlap between neighbouring
 taps and tiles and are served by the caches, so the forward moves about one read of x and one write of out. The
-backward runs in two passes: the first recomputes `pre` once per output position, stores `dpre` (fp32, with the SiLU;
-without it dpre is dout) and sums dw/dbias (fp32 atomics across programs); the second forms dx from W shifted reads
-of dpre. (One pass would need dpre at W shifted positions per tile: W recomputations of pre, W^2 shifted loads of x
+backward runs in two passes: the first recomputes `pre` once per output position, stores `dpre` (in dout's dtype,
+with the SiLU; without it dpre is dout) and sums dw/dbias (fp32 atomics across programs); the second forms dx from W
+shifted reads of dpre. (One pass would need dpre at W shifted positions per tile: W recomputations of pre, W^2 shifted loads of x
 and W sigmoids per element, which is what an earlier version did, at ~300 us for (8, 1536, 2048) on an H100.)
 
 x, out, dout and dx are addressed through (batch, channel, time) strides, so time-major memory and channel-last memory
@@ -143,7 +143,7 @@ def _causal_conv1d_bwd_dpre_kernel(
     BLOCK_L: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    # Backward pass 1, over output positions s: dpre[s] = dout[s] * silu'(pre[s]) (stored, fp32, when SILU), and the
+    # Backward pass 1, over output positions s: dpre[s] = dout[s] * silu'(pre[s]) (stored in its dtype when SILU), and the
     # weight and bias gradients dw[j] += sum_s dpre[s] * xp[s - (W-1) + j], dbias += sum_s dpre[s].
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -300,8 +300,10 @@ def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
     dinit = empty(batch, dim, width - 1, device=x.device, dtype=torch.float32) if init is not None else None
     cfg = _config("bwd", x)
     init_strides = (init.stride(0), init.stride(1)) if init is not None else (0, 0)
-    # Pass 1 stores dpre (fp32, in x's layout) only with the SiLU; without it dpre is dout itself.
-    dpre = empty_sequence(x, dtype=torch.float32) if silu else dout
+    # Pass 1 stores dpre (in x's layout, in dout's dtype: bf16 in training halves the round trip between the passes;
+    # dw/dbias are summed from the fp32 values before the store, so only dx sees the rounding) only with the SiLU;
+    # without it dpre is dout itself.
+    dpre = empty_sequence(x, dtype=dout.dtype) if silu else dout
     if seqlen > 0:
         grid = (triton.cdiv(seqlen, cfg["BLOCK_L"]), triton.cdiv(dim, cfg["BLOCK_D"]), batch)
         _causal_conv1d_bwd_dpre_kernel[grid](
