@@ -21,7 +21,7 @@ import kernels
 from backbone.cache import LayerCache
 from backbone.config import MambaConfig
 from backbone.init import NO_WEIGHT_DECAY, init_dt_proj_, s4d_real_A_log
-from backbone.projections import channel_major_matrix, from_channel_major, in_projection, out_projection
+from backbone.projections import from_channel_major, in_projection, out_projection, x_projection
 
 
 class MambaMixer(nn.Module):
@@ -75,7 +75,8 @@ class MambaMixer(nn.Module):
         else:
             x = conv
         x = self.mixer_dropout(x)
-        x_dbl = self.x_proj.weight @ channel_major_matrix(x)  # [dt_rank + 2 N, B L]
+        # x comes back from x_projection unchanged; the scan must take this x (see backbone/projections.py).
+        x, x_dbl = x_projection(x, self.x_proj.weight)  # x_dbl: [dt_rank + 2 N, B L]
         dt, B, C = self._split_projection(x_dbl, dim=0)
         delta = from_channel_major(self.dt_proj.weight @ dt, batch)  # [B, d_inner, L]
         scan = kernels.selective_scan(

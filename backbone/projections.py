@@ -32,6 +32,7 @@ __all__ = [
     "in_projection",
     "matmul_in",
     "out_projection",
+    "x_projection",
 ]
 
 
@@ -138,6 +139,46 @@ class _OutProjection(torch.autograd.Function):
             dweight = matmul_in(dout.t(), y_rows.t(), ctx.weight_dtype)  # [D, d_inner]
             dbias = dout.sum(0) if ctx.has_bias else None
         return from_channel_major(dy, ctx.batch), dweight, dbias
+
+
+class _XProjection(torch.autograd.Function):
+    # Returns x itself beside x_proj(x) so that x's two gradients (from the scan, which consumes the returned x, and
+    # from x_proj) meet in this node's backward, where one GEMM with beta = 1 sums them. Left to autograd, the x_proj
+    # GEMM writes its own [d_inner, B L] gradient and a separate kernel adds the two (1.1 ms of a 130M step on an
+    # H100: benchmarks/results/profile_train_step_130M_fused_loss_*.md).
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor):
+        dtype = compute_dtype(x)
+        x_rows = channel_major_matrix(x).to(dtype)  # [d_inner, B L]
+        w = weight.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            x_dbl = w @ x_rows  # [R, B L]
+        ctx.save_for_backward(x_rows, w)
+        ctx.batch, ctx.x_dtype, ctx.weight_dtype = x.shape[0], x.dtype, weight.dtype
+        return x, x_dbl  # autograd hands x back as a view with this node as its grad_fn
+
+    @staticmethod
+    def backward(ctx, dx_scan: torch.Tensor | None, dx_dbl: torch.Tensor | None):
+        x_rows, w = ctx.saved_tensors
+        if dx_dbl is None:  # x_proj's output did not reach the loss
+            return dx_scan, None
+        dx_dbl = dx_dbl.to(w.dtype)
+        with torch.autocast(x_rows.device.type, enabled=False):
+            dweight = matmul_in(dx_dbl, x_rows.t(), ctx.weight_dtype)  # [R, d_inner]
+            if dx_scan is None:
+                dx = w.t() @ dx_dbl
+            else:  # dx_scan + w^T dx_dbl in one GEMM (a new tensor: an incoming gradient is not ours to overwrite)
+                dx = torch.addmm(channel_major_matrix(dx_scan).to(w.dtype), w.t(), dx_dbl)  # [d_inner, B L]
+        return from_channel_major(dx, ctx.batch).to(ctx.x_dtype), dweight
+
+
+def x_projection(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x` `(B, d_inner, L)`, `weight` `[R, d_inner]` -> `(x, weight @ x as a [R, B L] matrix)`.
+
+    Use the returned `x` (same values and memory) downstream in place of the input: x's gradient from downstream and
+    the one through x_proj are then summed inside x_proj's backward GEMM. Follows autocast like `F.linear`.
+    """
+    return _XProjection.apply(x, weight)
 
 
 def in_projection(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):

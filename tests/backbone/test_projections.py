@@ -9,7 +9,14 @@ import torch.nn.functional as F
 import kernels
 from backbone import MambaConfig
 from backbone.mixer import MambaMixer
-from backbone.projections import add_matmul_, channel_major_matrix, in_projection, matmul_in, out_projection
+from backbone.projections import (
+    add_matmul_,
+    channel_major_matrix,
+    in_projection,
+    matmul_in,
+    out_projection,
+    x_projection,
+)
 
 
 def grads(outputs, inputs):
@@ -54,15 +61,34 @@ def test_out_projection_equals_linear_with_a_channel_major_gradient(bias):
     assert channel_major_matrix(dy).data_ptr() == dy.data_ptr() and dy.stride() == y.stride()
 
 
+@pytest.mark.parametrize("use_passthrough", [True, False])
+def test_x_projection_sums_both_gradients_of_x(use_passthrough):
+    batch, seqlen, d_inner, rank = 2, 9, 6, 5
+    x_rows = torch.randn(d_inner, batch * seqlen)
+    x = x_rows.unflatten(1, (batch, seqlen)).transpose(0, 1).requires_grad_()  # channel-major (B, d_inner, L)
+    weight = torch.randn(rank, d_inner, requires_grad=True)
+    passed, x_dbl = x_projection(x, weight)
+    assert passed.data_ptr() == x.data_ptr() and torch.equal(passed, x)
+    ref_dbl = weight @ channel_major_matrix(x)
+    torch.testing.assert_close(x_dbl, ref_dbl)
+    # Downstream uses of x (a stand-in for the scan) go through `passed`; the reference uses x directly.
+    got = grads((passed.sin(), x_dbl) if use_passthrough else (x_dbl,), [x, weight])
+    want = grads((x.sin(), ref_dbl) if use_passthrough else (ref_dbl,), [x, weight])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    assert got[0].stride() == x.stride(), "dx keeps x's channel-major layout"
+
+
 def test_projections_follow_autocast_like_linear():
     hidden = torch.randn(2, 4, 8)
     w_in, w_out = torch.randn(12, 8), torch.randn(8, 6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         x, z = in_projection(hidden, w_in)
         out = out_projection(x, w_out)
+        _, x_dbl = x_projection(x, w_out[:3])
         ref_x = F.linear(hidden, w_in).transpose(1, 2)[:, :6]
         ref_out = F.linear(ref_x.transpose(1, 2), w_out)
-    assert x.dtype == z.dtype == out.dtype == torch.bfloat16
+    assert x.dtype == z.dtype == out.dtype == x_dbl.dtype == torch.bfloat16
     torch.testing.assert_close(x, ref_x)
     torch.testing.assert_close(out, ref_out)
 
