@@ -22,7 +22,10 @@ from backbone.projections import add_matmul_, compute_dtype
 
 __all__ = ["linear_token_nll"]
 
-DEFAULT_CHUNK_ROWS = 2048  # [2048, 50280] bf16 logits: 0.2 GB at a time
+# [4096, 50280] bf16 logits: 0.4 GB at a time. Fewer chunks mean fewer read-modify-writes of the fp32 dW; at
+# 16384 x 768 (H100, CUDA-graph timing of forward + backward): 1024 rows 10.2 ms, 2048 9.0 ms, 4096 8.4 ms (peak
+# 1.38 GiB), 8192 8.2 ms (2.18 GiB).
+DEFAULT_CHUNK_ROWS = 4096
 
 
 def _chunk_nats(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
