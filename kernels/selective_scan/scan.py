@@ -81,13 +81,16 @@ __all__ = ["selective_scan"]
 
 _LOG2E = 1.4426950408889634
 
-# Block shapes, chosen per dstate on an H100 (see kernels/NOTES.md, v8 and v9). The forward's BLOCK_L is also the
-# interval at which it saves states for the backward, whose chunks are the same (see _check_chunks).
+# Block shapes, chosen per dstate on an H100 (see kernels/NOTES.md, v8 to v10). The forward's BLOCK_L is also the
+# interval at which it saves states for the backward, whose chunks tile it: BLOCK_L x SAVE_EVERY backward steps per
+# saved state (see _check_chunks). dstate 16 (v10): 4-step chunks of 8 channels, capped at 168 registers so 12
+# one-warp programs fit on an SM (a batch-8 grid in one wave); at (8, 1536, 2048) the backward took 1391 us against
+# 1771 for 8-step chunks of 4 channels (1890 with the same blocks uncapped: 219 registers, 9 programs per SM).
 CONFIGS: dict[str, dict[int, dict[str, int]]] = {
     "fwd": {16: dict(BLOCK_D=8, BLOCK_L=8, num_warps=1), 64: dict(BLOCK_D=4, BLOCK_L=8, num_warps=1)},
     "bwd": {
-        16: dict(BLOCK_D=4, BLOCK_L=8, num_warps=1),
-        64: dict(BLOCK_D=2, BLOCK_L=8, num_warps=1),
+        16: dict(BLOCK_D=8, BLOCK_L=4, SAVE_EVERY=2, num_warps=1, maxnreg=168),
+        64: dict(BLOCK_D=2, BLOCK_L=8, SAVE_EVERY=1, num_warps=1),
     },
 }
 # dB/dC are sums over channels: fp32 atomics into one buffer ("atomics"), or per-program partial slices summed by
@@ -99,7 +102,8 @@ PARTIALS_MAX_BYTES = 2 << 30
 # segments (see the module docstring), else the channel block shrinks (down to 2) to make more programs. Forward 8: an
 # SM holds 8-12 of its one-warp programs at once. Backward 4 (v9, H100): at (2, 2048, 16384) its 1024 4-channel
 # programs on one segment took 4549 us against 4978 us for 8-channel blocks in 9 segments; at (1, 1536, 65536) the 384
-# programs get 22 segments of 8-channel blocks (6940 us; 8683 with 4-channel blocks).
+# programs get 22 segments of 8-channel blocks (6940 us; 8683 with 4-channel blocks). With v10's 8-channel blocks
+# (2, 2048, 16384) has 512 programs, just under 4 per SM, and runs in segments: 5950 us fwd+bwd against 6246 for v9.
 MIN_PROGRAMS_PER_SM: dict[str, int] = {"fwd": 8, "bwd": 4}
 # Offsets at or past this use 64-bit arithmetic in the backward (see _wide_offsets); tests lower it to reach that path.
 INT32_OFFSET_LIMIT = 2**31
@@ -521,6 +525,7 @@ def _selective_scan_bwd_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    SAVE_EVERY: tl.constexpr,
     N_LANES: tl.constexpr,
     WIDE: tl.constexpr,
 ):
@@ -532,8 +537,11 @@ def _selective_scan_bwd_kernel(
     #     writes a[t_lo] g[t_lo] to dstart_ptr (batch, dim, segments, dstate) and the segment's sum of dt to dtsum_ptr.
     # dend/dstart are fp32 `(batch, dim, [segments,] dstate)` with unit stride on dstate (segment stride 0: one tensor).
     #
-    # A chunk is the BLOCK_L steps between two saved states. Its sequences and B/C are loaded as whole tiles, then
-    # it is walked one step at a time, twice: forward from the saved state, keeping every h[t] (`hs`), then backward,
+    # A chunk is BLOCK_L steps; the forward saved a state every SAVE_EVERY chunks (every forward chunk). A chunk that
+    # does not start at a saved state first walks forward from the last saved one over the chunks in between (h only,
+    # from their reloaded dt, u and B): shorter chunks hold fewer h[t] in registers. The chunk's sequences and B/C are
+    # loaded as whole tiles, then it is walked one step at a time, twice: forward from its start state, keeping every
+    # h[t] (`hs`), then backward,
     # carrying q = a[t] g[t] (what step t hands to step t - 1: g[t-1] = C dy + q), so no decay is ever shifted.
     # Steps are picked from, and results put into, the chunk tiles with masks over their time axis, which is held
     # inside each thread, so the picks compile to register moves.
@@ -627,8 +635,26 @@ def _selective_scan_bwd_kernel(
         if not SEGMENT_ADJOINT:
             dtu = dt * _seq_load(_chunk_steps(u_cols, t0, l3, stride_u_l), mask_td)
             Bc = _bc_load(B_row + t0 * stride_B_l + (B_n + l3 * stride_B_l), mask_tn, False)
-            # Forward over the chunk from its saved start state, keeping h[t] for every step.
-            h = tl.load(states_row + (chunk * dstate + n3 * stride_states_n), mask=mask_nd, other=0.0)
+            # The chunk's start state: the last saved one, carried over the chunks between it and this one.
+            h = tl.load(states_row + ((chunk // SAVE_EVERY) * dstate + n3 * stride_states_n), mask=mask_nd, other=0.0)
+            if SAVE_EVERY > 1:
+                for k in range(0, chunk % SAVE_EVERY):
+                    before = chunk - chunk % SAVE_EVERY + k  # (a tensor: chunk is one)
+                    t_before = (before * BLOCK_L).to(tl.int64)
+                    mask_t_before = before * BLOCK_L + l3 < seqlen
+                    mask_td_before = mask_t_before & mask_d3
+                    dt_b = _load_dt(
+                        _chunk_steps(delta_cols, t_before, l3, stride_delta_l), mask_td_before, bias, HAS_DELTA_BIAS,
+                        DELTA_SOFTPLUS,
+                    )  # fmt: skip
+                    dtu_b = dt_b * _seq_load(_chunk_steps(u_cols, t_before, l3, stride_u_l), mask_td_before)
+                    B_b = _bc_load(
+                        B_row + t_before * stride_B_l + (B_n + l3 * stride_B_l), mask_t_before & mask_n3, False
+                    )
+                    for j in tl.static_range(BLOCK_L):
+                        at_j = l3 == j
+                        h = tl.exp2(_at(dt_b, at_j) * A2) * h + _at(dtu_b, at_j) * _at(B_b, at_j)
+            # Forward over the chunk from its start state, keeping h[t] for every step.
             hs = tl.zeros([BLOCK_L, BLOCK_D, BLOCK_N], dtype=tl.float32)
             for j in tl.static_range(BLOCK_L):
                 at_j = l3 == j
@@ -846,10 +872,15 @@ def _n_chunks(seqlen: int, dstate: int) -> int:
 
 
 def _check_chunks(dstate: int) -> None:
-    """The backward walks the forward's chunks (one saved state each), so both directions share BLOCK_L."""
-    fwd_l, bwd_l = _config("fwd", dstate)["BLOCK_L"], _config("bwd", dstate)["BLOCK_L"]
-    if fwd_l != bwd_l:
-        raise ValueError(f"the forward's BLOCK_L ({fwd_l}) and the backward's ({bwd_l}) must be equal")
+    """The forward saves a state per chunk; the backward's chunks must tile those: BLOCK_L x SAVE_EVERY of the
+    backward equals the forward's BLOCK_L."""
+    fwd_l = _config("fwd", dstate)["BLOCK_L"]
+    bwd = _config("bwd", dstate)
+    if bwd["BLOCK_L"] * bwd["SAVE_EVERY"] != fwd_l:
+        raise ValueError(
+            f"the backward's BLOCK_L ({bwd['BLOCK_L']}) x SAVE_EVERY ({bwd['SAVE_EVERY']}) must equal the forward's "
+            f"BLOCK_L ({fwd_l})"
+        )
 
 
 def _carry(x: torch.Tensor, dtsum: torch.Tensor, A: torch.Tensor, h0: torch.Tensor | None, reverse: bool) -> None:

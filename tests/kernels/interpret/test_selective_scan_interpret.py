@@ -303,6 +303,8 @@ def segments(monkeypatch):
                 kind: {n: dict(cfg, BLOCK_L=block_l) for n, cfg in table.items()}
                 for kind, table in scan.CONFIGS.items()
             }
+            for cfg in configs["bwd"].values():
+                cfg["SAVE_EVERY"] = 1
             monkeypatch.setattr(scan, "CONFIGS", configs)
 
     return force
@@ -339,14 +341,17 @@ def test_scan_segmented_all_options(monkeypatch, segments, seqlen, fwd_len, bwd_
         (dict(BLOCK_D=32), dict(BLOCK_D=16)),
         (dict(BLOCK_D=16), dict(BLOCK_D=8)),
         (dict(BLOCK_D=4), dict(BLOCK_D=2)),
-        (dict(BLOCK_D=8, BLOCK_L=4), dict(BLOCK_D=32, BLOCK_L=4)),
+        (dict(BLOCK_D=8, BLOCK_L=4), dict(BLOCK_D=32, BLOCK_L=4, SAVE_EVERY=1)),
+        (dict(BLOCK_D=8, BLOCK_L=8), dict(BLOCK_D=8, BLOCK_L=4, SAVE_EVERY=2)),
+        (dict(BLOCK_D=8, BLOCK_L=8), dict(BLOCK_D=4, BLOCK_L=2, SAVE_EVERY=4)),
     ],
-    ids=["d32/d16", "d16/d8", "d4/d2", "chunk4-d8/d32"],
+    ids=["d32/d16", "d16/d8", "d4/d2", "chunk4-d8/d32", "half-chunks-d8/d8", "quarter-chunks-d8/d4"],
 )
 @pytest.mark.parametrize("seqlen,bwd_len", [(1, None), (37, None), (61, 16)], ids=["1", "37", "61-seg16"])
 def test_scan_block_shapes(monkeypatch, segments, fwd, bwd, seqlen, bwd_len):
-    # The launch shapes change how the backward's tiles are laid out (states inside a thread or over 2-16 lanes) and
-    # the chunk length: every choice computes the same function.
+    # The launch shapes change how the backward's tiles are laid out (states inside a thread or over 2-16 lanes), the
+    # chunk length and how many backward chunks share one saved state (SAVE_EVERY): every choice computes the same
+    # function.
     configs = {kind: {n: dict(cfg) for n, cfg in table.items()} for kind, table in scan.CONFIGS.items()}
     for cfg in configs["fwd"].values():
         cfg.update(fwd)
@@ -356,6 +361,22 @@ def test_scan_block_shapes(monkeypatch, segments, fwd, bwd, seqlen, bwd_len):
     if bwd_len is not None:
         segments(None, bwd_len)
     check(make_inputs(2, 37, seqlen, 16, torch.float32))
+
+
+@pytest.mark.parametrize(
+    "save_every,dtype,groups",
+    [(2, torch.float32, None), (2, torch.bfloat16, 2), (4, torch.float32, 2)],
+    ids=["half-fp32", "half-bf16-grouped", "quarter-fp32-grouped"],
+)
+def test_scan_backward_segments_between_saved_states(monkeypatch, segments, save_every, dtype, groups):
+    # Backward chunks shorter than the forward's (several per saved state), in segments of 12 steps: most segments
+    # start and end between two saved states, so their chunks begin with the walk from the last saved state.
+    configs = {kind: {n: dict(cfg) for n, cfg in table.items()} for kind, table in scan.CONFIGS.items()}
+    configs["fwd"][16].update(BLOCK_D=8, BLOCK_L=8)
+    configs["bwd"][16].update(BLOCK_D=4, BLOCK_L=8 // save_every, SAVE_EVERY=save_every)
+    monkeypatch.setattr(scan, "CONFIGS", configs)
+    segments(None, 12)
+    check(make_inputs(2, 6, 61, 16, dtype, groups=groups))
 
 
 @pytest.mark.parametrize("groups", [None, 2])
@@ -368,11 +389,11 @@ def test_scan_backward_wide_offsets(monkeypatch, segments, groups):
 
 
 def test_scan_chunks_must_match(monkeypatch):
-    # The backward walks the forward's chunks (one saved state each).
+    # The backward's chunks tile the forward's (one saved state each).
     configs = {kind: {n: dict(cfg) for n, cfg in table.items()} for kind, table in scan.CONFIGS.items()}
-    configs["fwd"][16]["BLOCK_L"], configs["bwd"][16]["BLOCK_L"] = 8, 4
+    configs["fwd"][16]["BLOCK_L"], configs["bwd"][16]["BLOCK_L"], configs["bwd"][16]["SAVE_EVERY"] = 8, 4, 1
     monkeypatch.setattr(scan, "CONFIGS", configs)
-    with pytest.raises(ValueError, match="must be equal"):
+    with pytest.raises(ValueError, match="must equal the forward's"):
         scan._check_chunks(16)
 
 
