@@ -381,7 +381,8 @@ def bench_decode(batch=64, dim=1536, dstate=16, width=4):
 
 
 def sweep_scan(shape=(8, 1536, 2048, 16)):
-    """Time a few block shapes of the forward and the backward; keep the fastest in scan.CONFIGS for this run."""
+    """Time a few block shapes of the forward and the backward (both at the same chunk length, then backward chunks of
+    half the forward's with a register cap); keep the fastest in scan.CONFIGS for this run."""
     dstate = shape[3]
     inputs = scan_inputs(*shape)
     leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
@@ -392,7 +393,7 @@ def sweep_scan(shape=(8, 1536, 2048, 16)):
         for kind in ("fwd", "bwd"):
             for block_d, warps in candidates:
                 scan.CONFIGS[kind][dstate] = dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
-                scan.CONFIGS["bwd"][dstate]["BLOCK_L"] = block_l
+                scan.CONFIGS["bwd"][dstate].update(BLOCK_L=block_l, SAVE_EVERY=1)
                 try:
                     if kind == "fwd":
                         with torch.no_grad():
@@ -421,7 +422,27 @@ def sweep_scan(shape=(8, 1536, 2048, 16)):
     }
     block_l = min(totals, key=totals.get)
     scan.CONFIGS["fwd"][dstate] = best[("fwd", block_l)][1]
-    scan.CONFIGS["bwd"][dstate] = best[("bwd", block_l)][1]
+    scan.CONFIGS["bwd"][dstate] = dict(best[("bwd", block_l)][1], SAVE_EVERY=1)
+    # Backward chunks of half the forward's (two per saved state), uncapped and capped at 168 registers (12 one-warp
+    # programs per SM), against the best same-length backward above.
+    best_bwd = best[("bwd", block_l)][0]
+    out = scan.selective_scan(**leaves, delta_softplus=True)
+    for block_d, maxnreg in [(8, None), (8, 168), (4, 168), (16, None)]:
+        cfg = dict(BLOCK_D=block_d, BLOCK_L=block_l // 2, SAVE_EVERY=2, num_warps=1)
+        if maxnreg:
+            cfg["maxnreg"] = maxnreg
+        scan.CONFIGS["bwd"][dstate] = cfg
+        try:
+            us = bench(lambda: torch.autograd.grad(out, list(leaves.values()), dout, retain_graph=True), rep=50)
+        except Exception as err:  # noqa: BLE001 - a shape that does not compile is skipped
+            print(f"sweep bwd {cfg}: failed {type(err).__name__}", flush=True)
+            continue
+        print(f"sweep bwd {cfg}: {us:.1f} us", flush=True)
+        ROWS.append(dict(op="sweep scan bwd", shape=list(shape), impl="triton", us=round(us, 1), note=str(cfg)))
+        if us < best_bwd:
+            best_bwd, best[("bwd", block_l)] = us, (us, cfg)
+    scan.CONFIGS["bwd"][dstate] = dict(best[("bwd", block_l)][1])
+    scan.CONFIGS["bwd"][dstate].setdefault("SAVE_EVERY", 1)
     print(f"sweep best: fwd {scan.CONFIGS['fwd'][dstate]} bwd {scan.CONFIGS['bwd'][dstate]}", flush=True)
 
 
