@@ -22,9 +22,10 @@ Backward. With `g[t] = dL/dh[t]` and `q[t] = a[t] g[t]` (what step t hands back 
 
     g[t] = C[n, t] * dy[t] + q[t+1]          q[L] = dL/d(last_state)          d initial_state = q[0]
 
-Each program walks the chunks from the last to the first. For a chunk (the BLOCK_L steps between two saved states) it
-loads the sequences and B/C as whole tiles, walks forward one step at a time from the saved state keeping every h[t],
-then walks backward one step at a time carrying q (no decay is ever shifted to a neighbouring step), and forms, with
+Each program walks its own chunks (BLOCK_L steps; SAVE_EVERY of them between two saved states, v10) from the last to
+the first. For a chunk it finds the start state (the saved one, walked forward over the chunks between it and this
+one), loads the sequences and B/C as whole tiles, walks forward one step at a time keeping every h[t], then walks
+backward one step at a time carrying q (no decay is ever shifted to a neighbouring step), and forms, with
 `a[t] * h[t-1] = h[t] - dt*B*u` (no shifted read of h)::
 
     du[t]     = dt * sum_n g B + D dy                  ddt[t] = sum_n g A (h - dt B u) + u sum_n g B
@@ -40,7 +41,7 @@ a shifted decay.
 
 Long sequences: segments. The grid above has only `batch * dim / BLOCK_D` programs, each walking the whole sequence:
 at (1, 1536, 65536) that is 96 one-warp programs for 132 SMs. When the grid would leave the GPU underfilled, time is
-also cut into segments of `S` steps (a multiple of BLOCK_L, so chunk indices stay global) and each kernel gets a third
+also cut into segments of `S` steps (a multiple of the direction's BLOCK_L, so chunk indices stay global) and each kernel gets a third
 grid axis over segments. Both directions are linear recurrences whose value across a segment is an affine map
 `x -> total_decay * x + (what the segment adds from zero)`, with `total_decay[k] = exp(A * sum_{t in k} dt[t])`, so:
 

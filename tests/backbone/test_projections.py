@@ -26,6 +26,13 @@ def grads(outputs, inputs):
     return torch.autograd.grad(loss, inputs, retain_graph=True)
 
 
+def channel_major_leaf(batch: int, channels: int, seqlen: int) -> torch.Tensor:
+    """Noise `(batch, channels, seqlen)` in channel-major memory (a view of a `[channels, batch * seqlen]` matrix), as
+    the projections produce it; a leaf that requires grad."""
+    rows = torch.randn(channels, batch * seqlen)
+    return rows.unflatten(1, (batch, seqlen)).transpose(0, 1).requires_grad_()
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_in_projection_equals_linear_and_is_channel_major(bias):
     batch, seqlen, d_model, d_inner = 3, 7, 5, 6
@@ -47,8 +54,7 @@ def test_in_projection_equals_linear_and_is_channel_major(bias):
 @pytest.mark.parametrize("bias", [False, True])
 def test_out_projection_equals_linear_with_a_channel_major_gradient(bias):
     batch, seqlen, d_model, d_inner = 2, 9, 5, 6
-    y_rows = torch.randn(d_inner, batch * seqlen)
-    y = y_rows.unflatten(1, (batch, seqlen)).transpose(0, 1).requires_grad_()  # channel-major (B, d_inner, L)
+    y = channel_major_leaf(batch, d_inner, seqlen)
     weight = torch.randn(d_model, d_inner, requires_grad=True)
     b = torch.randn(d_model, requires_grad=True) if bias else None
     inputs = [t for t in (y, weight, b) if t is not None]
@@ -64,8 +70,7 @@ def test_out_projection_equals_linear_with_a_channel_major_gradient(bias):
 @pytest.mark.parametrize("use_passthrough", [True, False])
 def test_x_projection_sums_both_gradients_of_x(use_passthrough):
     batch, seqlen, d_inner, rank = 2, 9, 6, 5
-    x_rows = torch.randn(d_inner, batch * seqlen)
-    x = x_rows.unflatten(1, (batch, seqlen)).transpose(0, 1).requires_grad_()  # channel-major (B, d_inner, L)
+    x = channel_major_leaf(batch, d_inner, seqlen)
     weight = torch.randn(rank, d_inner, requires_grad=True)
     passed, x_dbl = x_projection(x, weight)
     assert passed.data_ptr() == x.data_ptr() and torch.equal(passed, x)
