@@ -160,16 +160,21 @@ class _XProjection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dx_scan: torch.Tensor | None, dx_dbl: torch.Tensor | None):
         x_rows, w = ctx.saved_tensors
+        want_dx, want_dweight = ctx.needs_input_grad[:2]
         if dx_dbl is None:  # x_proj's output did not reach the loss
             return dx_scan, None
         dx_dbl = dx_dbl.to(w.dtype)
+        dx = dweight = None
         with torch.autocast(x_rows.device.type, enabled=False):
-            dweight = matmul_in(dx_dbl, x_rows.t(), ctx.weight_dtype)  # [R, d_inner]
-            if dx_scan is None:
+            if want_dweight:
+                dweight = matmul_in(dx_dbl, x_rows.t(), ctx.weight_dtype)  # [R, d_inner]
+            if want_dx and dx_scan is None:
                 dx = w.t() @ dx_dbl
-            else:  # dx_scan + w^T dx_dbl in one GEMM (a new tensor: an incoming gradient is not ours to overwrite)
+            elif want_dx:  # dx_scan + w^T dx_dbl in one GEMM, into a new tensor (an incoming gradient is not ours)
                 dx = torch.addmm(channel_major_matrix(dx_scan).to(w.dtype), w.t(), dx_dbl)  # [d_inner, B L]
-        return from_channel_major(dx, ctx.batch).to(ctx.x_dtype), dweight
+        if dx is not None:
+            dx = from_channel_major(dx, ctx.batch).to(ctx.x_dtype)
+        return dx, dweight
 
 
 def x_projection(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

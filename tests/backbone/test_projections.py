@@ -84,6 +84,15 @@ def test_x_projection_sums_both_gradients_of_x(use_passthrough):
     assert got[0].stride() == x.stride(), "dx keeps x's channel-major layout"
 
 
+def test_x_projection_with_a_frozen_weight():
+    x = channel_major_leaf(2, 6, 9)
+    weight = torch.randn(5, 6)  # requires no gradient
+    passed, x_dbl = x_projection(x, weight)
+    (dx,) = grads((passed.sin(), x_dbl), [x])
+    (want,) = grads((x.sin(), weight @ channel_major_matrix(x)), [x])
+    torch.testing.assert_close(dx, want)
+
+
 def test_projections_follow_autocast_like_linear():
     hidden = torch.randn(2, 4, 8)
     w_in, w_out = torch.randn(12, 8), torch.randn(8, 6)
