@@ -41,9 +41,10 @@ a shifted decay.
 
 Long sequences: segments. The grid above has only `batch * dim / BLOCK_D` programs, each walking the whole sequence:
 at (1, 1536, 65536) that is 96 one-warp programs for 132 SMs. When the grid would leave the GPU underfilled, time is
-also cut into segments of `S` steps (a multiple of the direction's BLOCK_L, so chunk indices stay global) and each kernel gets a third
-grid axis over segments. Both directions are linear recurrences whose value across a segment is an affine map
-`x -> total_decay * x + (what the segment adds from zero)`, with `total_decay[k] = exp(A * sum_{t in k} dt[t])`, so:
+also cut into segments of `S` steps (a multiple of the direction's BLOCK_L, so chunk indices stay global) and each
+kernel gets a third grid axis over segments. Both directions are linear recurrences whose value across a segment is an
+affine map `x -> total_decay * x + (what the segment adds from zero)`, with
+`total_decay[k] = exp(A * sum_{t in k} dt[t])`, so:
 
     forward   pass 1  every segment but the last scans from h = 0 and writes its end state e[k] and sum of dt
               carry   h_start[0] = initial_state (or 0); h_start[k] = total_decay[k-1] * h_start[k-1] + e[k-1]
@@ -57,8 +58,9 @@ grid axis over segments. Both directions are linear recurrences whose value acro
 
 A segment's steps use only their own decays: what the next segment's first step s_{k+1} contributes, a[s_{k+1}]
 included, arrives through q[s_{k+1}], which pass 1 and the carry deliver. The saved chunk-start states stay global
-(pass 2 writes them), so the forward's and the backward's segmentations are independent (each picks its own S for its own BLOCK_D). The extra cost is the pass 1 walk (~1 exp2
-per element again in the forward, a light adjoint-only scan in the backward) for tens of times more programs.
+(pass 2 writes them), so the forward's and the backward's segmentations are independent (each picks its own S for
+its own BLOCK_D). The extra cost is the pass 1 walk (~1 exp2 per element again in the forward, a light adjoint-only
+scan in the backward) for tens of times more programs.
 
 Layouts. The sequences (u, delta, z, out, B, C and their gradients) are addressed through a stride per axis, time
 included: time-major memory and channel-last memory (a transposed `[batch, seqlen, channels]`, as the mixer's Linear
@@ -542,8 +544,8 @@ def _selective_scan_bwd_kernel(
     # does not start at a saved state first walks forward from the last saved one over the chunks in between (h only,
     # from their reloaded dt, u and B): shorter chunks hold fewer h[t] in registers. The chunk's sequences and B/C are
     # loaded as whole tiles, then it is walked one step at a time, twice: forward from its start state, keeping every
-    # h[t] (`hs`), then backward,
-    # carrying q = a[t] g[t] (what step t hands to step t - 1: g[t-1] = C dy + q), so no decay is ever shifted.
+    # h[t] (`hs`), then backward, carrying q = a[t] g[t] (what step t hands to step t - 1: g[t-1] = C dy + q), so no
+    # decay is ever shifted.
     # Steps are picked from, and results put into, the chunk tiles with masks over their time axis, which is held
     # inside each thread, so the picks compile to register moves.
     #
