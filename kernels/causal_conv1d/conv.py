@@ -15,8 +15,9 @@ Each program owns a `[BLOCK_D, BLOCK_L]` tile of one sequence. The shifted reads
 taps and tiles and are served by the caches, so the forward moves about one read of x and one write of out. The
 backward runs in two passes: the first recomputes `pre` once per output position, stores `dpre` (in dout's dtype,
 with the SiLU; without it dpre is dout) and sums dw/dbias (fp32 atomics across programs); the second forms dx from W
-shifted reads of dpre. (One pass would need dpre at W shifted positions per tile: W recomputations of pre, W^2 shifted loads of x
-and W sigmoids per element, which is what an earlier version did, at ~300 us for (8, 1536, 2048) on an H100.)
+shifted reads of dpre. (One pass would need dpre at W shifted positions per tile: W recomputations of pre, W^2
+shifted loads of x and W sigmoids per element, which is what an earlier version did, at ~300 us for (8, 1536, 2048)
+on an H100.)
 
 x, out, dout and dx are addressed through (batch, channel, time) strides, so time-major memory and channel-last memory
 (a transposed `[batch, seqlen, dim]`, channel stride 1, as the mixer's in_proj gives it) both go through without a
@@ -143,8 +144,9 @@ def _causal_conv1d_bwd_dpre_kernel(
     BLOCK_L: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    # Backward pass 1, over output positions s: dpre[s] = dout[s] * silu'(pre[s]) (stored in its dtype when SILU), and the
-    # weight and bias gradients dw[j] += sum_s dpre[s] * xp[s - (W-1) + j], dbias += sum_s dpre[s].
+    # Backward pass 1, over output positions s: dpre[s] = dout[s] * silu'(pre[s]) (stored in dout's dtype when SILU),
+    # and the weight and bias gradients dw[j] += sum_s dpre[s] * xp[s - (W-1) + j], dbias += sum_s dpre[s] (from the
+    # fp32 values, before that store).
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
