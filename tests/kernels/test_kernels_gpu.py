@@ -259,7 +259,7 @@ def test_torch_compile_inductor_fullgraph(channel_last):
 
 
 def test_cross_entropy_grad_at_lm_head_size():
-    # One chunk of the fused LM head: 2048 rows of a padded 50280-token vocabulary, bf16 logits.
+    # LM-head size: 2048 rows (half of one chunk of the fused head) of a padded 50280-token vocabulary, bf16 logits.
     from kernels.cross_entropy import fused as ce_fused
     from kernels.cross_entropy import ref as ce_ref
 
