@@ -387,13 +387,16 @@ def sweep_scan(shape=(8, 1536, 2048, 16)):
     inputs = scan_inputs(*shape)
     leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
     dout = torch.randn_like(inputs["u"])
-    best = {}
+    best = {}  # (kind, BLOCK_L) -> (us, config)
     for block_l in (4, 8):
-        candidates = [(16, 1), (8, 1), (4, 1), (16, 2)]
         for kind in ("fwd", "bwd"):
-            for block_d, warps in candidates:
-                scan.CONFIGS[kind][dstate] = dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
-                scan.CONFIGS["bwd"][dstate].update(BLOCK_L=block_l, SAVE_EVERY=1)
+            for block_d, warps in [(16, 1), (8, 1), (4, 1), (16, 2)]:
+                cfg = dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+                if kind == "bwd":
+                    cfg["SAVE_EVERY"] = 1
+                else:  # the backward must walk this forward's chunks (copied: `best` may hold the current dict)
+                    scan.CONFIGS["bwd"][dstate] = dict(scan.CONFIGS["bwd"][dstate], BLOCK_L=block_l, SAVE_EVERY=1)
+                scan.CONFIGS[kind][dstate] = dict(cfg)
                 try:
                     if kind == "fwd":
                         with torch.no_grad():
@@ -409,29 +412,26 @@ def sweep_scan(shape=(8, 1536, 2048, 16)):
                     print(f"sweep {kind} BL={block_l} BD={block_d} w={warps}: failed {type(err).__name__}", flush=True)
                     continue
                 print(f"sweep {kind} BLOCK_L={block_l} BLOCK_D={block_d} warps={warps}: {us:.1f} us", flush=True)
-                cfg = dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
                 if (kind, block_l) not in best or us < best[(kind, block_l)][0]:
                     best[(kind, block_l)] = (us, cfg)
                 ROWS.append(
                     dict(op=f"sweep scan {kind}", shape=list(shape), impl="triton", us=round(us, 1), note=str(cfg))
                 )
             if (kind, block_l) in best:  # the backward is timed with the best forward of its BLOCK_L
-                scan.CONFIGS[kind][dstate] = best[(kind, block_l)][1]
+                scan.CONFIGS[kind][dstate] = dict(best[(kind, block_l)][1])
     totals = {
         bl: best[("fwd", bl)][0] + best[("bwd", bl)][0] for bl in (4, 8) if ("fwd", bl) in best and ("bwd", bl) in best
     }
     block_l = min(totals, key=totals.get)
-    scan.CONFIGS["fwd"][dstate] = best[("fwd", block_l)][1]
-    scan.CONFIGS["bwd"][dstate] = dict(best[("bwd", block_l)][1], SAVE_EVERY=1)
+    scan.CONFIGS["fwd"][dstate] = dict(best[("fwd", block_l)][1])
     # Backward chunks of half the forward's (two per saved state), uncapped and capped at 168 registers (12 one-warp
     # programs per SM), against the best same-length backward above.
-    best_bwd = best[("bwd", block_l)][0]
     out = scan.selective_scan(**leaves, delta_softplus=True)
     for block_d, maxnreg in [(8, None), (8, 168), (4, 168), (16, None)]:
         cfg = dict(BLOCK_D=block_d, BLOCK_L=block_l // 2, SAVE_EVERY=2, num_warps=1)
         if maxnreg:
             cfg["maxnreg"] = maxnreg
-        scan.CONFIGS["bwd"][dstate] = cfg
+        scan.CONFIGS["bwd"][dstate] = dict(cfg)
         try:
             us = bench(lambda: torch.autograd.grad(out, list(leaves.values()), dout, retain_graph=True), rep=50)
         except Exception as err:  # noqa: BLE001 - a shape that does not compile is skipped
@@ -439,10 +439,9 @@ def sweep_scan(shape=(8, 1536, 2048, 16)):
             continue
         print(f"sweep bwd {cfg}: {us:.1f} us", flush=True)
         ROWS.append(dict(op="sweep scan bwd", shape=list(shape), impl="triton", us=round(us, 1), note=str(cfg)))
-        if us < best_bwd:
-            best_bwd, best[("bwd", block_l)] = us, (us, cfg)
+        if us < best[("bwd", block_l)][0]:
+            best[("bwd", block_l)] = (us, cfg)
     scan.CONFIGS["bwd"][dstate] = dict(best[("bwd", block_l)][1])
-    scan.CONFIGS["bwd"][dstate].setdefault("SAVE_EVERY", 1)
     print(f"sweep best: fwd {scan.CONFIGS['fwd'][dstate]} bwd {scan.CONFIGS['bwd'][dstate]}", flush=True)
 
 

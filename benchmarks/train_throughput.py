@@ -78,7 +78,6 @@ def time_steps(model, batch, seqlen, *, steps, warmup, backend, compiled=False, 
             step = CUDAGraphTrainStep(loss_fn, optimizer, (ids,), warmup_steps=warmup)
         else:
             step = functools.partial(eager_step, optimizer, loss_fn)
-
             for _ in range(warmup):
                 step(ids)
         torch.cuda.synchronize()
