@@ -290,6 +290,11 @@ def test_scan_copies_only_a_sequence_with_neither_unit_stride(spies):
 # can go wrong; lengths that leave a short last segment and a partial last chunk are the ones to check.
 
 
+def copied_configs() -> dict:
+    """A deep copy of scan.CONFIGS for a test to edit and monkeypatch in."""
+    return {kind: {n: dict(cfg) for n, cfg in table.items()} for kind, table in scan.CONFIGS.items()}
+
+
 @pytest.fixture
 def segments(monkeypatch):
     """`segments(fwd, bwd, block_l=None)`: force the forward's and the backward's segment lengths (steps), and
@@ -299,10 +304,10 @@ def segments(monkeypatch):
         monkeypatch.setitem(scan.SEGMENT_LEN, "fwd", fwd)
         monkeypatch.setitem(scan.SEGMENT_LEN, "bwd", bwd)
         if block_l is not None:
-            configs = {
-                kind: {n: dict(cfg, BLOCK_L=block_l) for n, cfg in table.items()}
-                for kind, table in scan.CONFIGS.items()
-            }
+            configs = copied_configs()
+            for table in configs.values():
+                for cfg in table.values():
+                    cfg["BLOCK_L"] = block_l
             for cfg in configs["bwd"].values():
                 cfg["SAVE_EVERY"] = 1
             monkeypatch.setattr(scan, "CONFIGS", configs)
@@ -352,7 +357,7 @@ def test_scan_block_shapes(monkeypatch, segments, fwd, bwd, seqlen, bwd_len):
     # The launch shapes change how the backward's tiles are laid out (states inside a thread or over 2-16 lanes), the
     # chunk length and how many backward chunks share one saved state (SAVE_EVERY): every choice computes the same
     # function.
-    configs = {kind: {n: dict(cfg) for n, cfg in table.items()} for kind, table in scan.CONFIGS.items()}
+    configs = copied_configs()
     for cfg in configs["fwd"].values():
         cfg.update(fwd)
     for cfg in configs["bwd"].values():
@@ -371,7 +376,7 @@ def test_scan_block_shapes(monkeypatch, segments, fwd, bwd, seqlen, bwd_len):
 def test_scan_backward_segments_between_saved_states(monkeypatch, segments, save_every, dtype, groups):
     # Backward chunks shorter than the forward's (several per saved state), in segments of 12 steps: most segments
     # start and end between two saved states, so their chunks begin with the walk from the last saved state.
-    configs = {kind: {n: dict(cfg) for n, cfg in table.items()} for kind, table in scan.CONFIGS.items()}
+    configs = copied_configs()
     configs["fwd"][16].update(BLOCK_D=8, BLOCK_L=8)
     configs["bwd"][16].update(BLOCK_D=4, BLOCK_L=8 // save_every, SAVE_EVERY=save_every)
     monkeypatch.setattr(scan, "CONFIGS", configs)
@@ -390,7 +395,7 @@ def test_scan_backward_wide_offsets(monkeypatch, segments, groups):
 
 def test_scan_chunks_must_match(monkeypatch):
     # The backward's chunks tile the forward's (one saved state each).
-    configs = {kind: {n: dict(cfg) for n, cfg in table.items()} for kind, table in scan.CONFIGS.items()}
+    configs = copied_configs()
     configs["fwd"][16]["BLOCK_L"], configs["bwd"][16]["BLOCK_L"], configs["bwd"][16]["SAVE_EVERY"] = 8, 4, 1
     monkeypatch.setattr(scan, "CONFIGS", configs)
     with pytest.raises(ValueError, match="must equal the forward's"):
