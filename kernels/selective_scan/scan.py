@@ -108,6 +108,10 @@ PARTIALS_MAX_BYTES = 2 << 30
 # programs get 22 segments of 8-channel blocks (6940 us; 8683 with 4-channel blocks). With v10's 8-channel blocks
 # (2, 2048, 16384) has 512 programs, just under 4 per SM, and runs in segments: 5950 us fwd+bwd against 6246 for v9.
 MIN_PROGRAMS_PER_SM: dict[str, int] = {"fwd": 8, "bwd": 4}
+# A config with a register cap (maxnreg) gets a lower one where that fits the whole grid on the GPU in one wave and
+# the grid does not fit at the configured cap: the largest cap (a multiple of 8) that does, down to MIN_REGISTER_CAP.
+# Below it spills cost more than the second wave (see `_register_cap`).
+MIN_REGISTER_CAP = 128
 # Offsets at or past this use 64-bit arithmetic in the backward (see _wide_offsets); tests lower it to reach that path.
 INT32_OFFSET_LIMIT = 2**31
 # Segmented (sequence-parallel) scan: segments are at least SEGMENT_MIN_LEN steps, and as many as give about
@@ -778,6 +782,31 @@ def _num_sms(device: torch.device) -> int | None:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _sm_registers(device: torch.device) -> tuple[int, int] | None:
+    """(SMs, 32-bit registers per SM) of a CUDA device, else None."""
+    if device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    return props.multi_processor_count, props.regs_per_multiprocessor
+
+
+def _register_cap(cfg: dict[str, int], programs: int, device: torch.device) -> dict[str, int]:
+    """`cfg` with its `maxnreg` lowered so that all `programs` programs of `cfg["num_warps"]` warps are resident at
+    once, where the configured cap leaves some for a second wave and a cap of at least MIN_REGISTER_CAP does not.
+    Unchanged without a cap, off CUDA, or where the grid is several waves anyway (segmented grids aim at several).
+    H100, (8, 2048, 2048, 16) (the 370M training shape): 2048 backward programs, 16 per SM at 128 registers, fwd+bwd
+    2495 us against 2579 at 168 registers and two waves (kernels/NOTES.md, session 9)."""
+    resources = _sm_registers(device)
+    if "maxnreg" not in cfg or resources is None:
+        return cfg
+    sms, registers = resources
+    per_sm = triton.cdiv(programs, sms)
+    fits = registers // (per_sm * 32 * cfg["num_warps"]) // 8 * 8  # registers are given out 8 per thread at a time
+    if MIN_REGISTER_CAP <= fits < cfg["maxnreg"]:
+        return {**cfg, "maxnreg": fits}
+    return cfg
+
+
 def _block_d(
     block_d: int, dim: int, groups: int, batch: int = 1, device: torch.device | None = None, min_programs: int = 0
 ) -> int:
@@ -1023,6 +1052,7 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
     n_saved = states.shape[2]
     n_chunks = triton.cdiv(max(seqlen, 1), cfg["BLOCK_L"])
     cfg["num_warps"], _ = _num_warps(cfg["num_warps"], triton.next_power_of_2(dstate), block_d)
+    cfg = _register_cap(cfg, batch * triton.cdiv(dim, block_d) * n_segments, u.device)
     parts_per_group = triton.cdiv(dim // groups, block_d)
     partials = (
         DBC_REDUCTION == "partials" and 8 * parts_per_group * batch * groups * dstate * seqlen <= PARTIALS_MAX_BYTES

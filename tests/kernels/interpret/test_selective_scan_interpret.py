@@ -479,3 +479,20 @@ def test_segment_len_must_be_a_multiple_of_the_chunk(segments):
     inputs = make_inputs(1, 2, 40, 4, torch.float32)
     with kernels.use_triton(), torch.no_grad(), pytest.raises(ValueError, match="multiple of BLOCK_L"):
         kernels.selective_scan(**inputs, delta_softplus=True)
+
+
+def test_register_cap_fits_the_grid_in_one_wave(monkeypatch):
+    # An H100: 132 SMs of 65536 registers. The configured backward cap (168) fits 12 one-warp programs per SM: the
+    # 130M grid (8 x 1536 / 8 channels = 1536 programs) keeps it; the 370M grid (2048 programs, 16 per SM) gets 128;
+    # grids that would need a cap under MIN_REGISTER_CAP, and configs without a cap, are left alone.
+    monkeypatch.setattr(scan, "_sm_registers", lambda device: (132, 65536))
+    cfg = dict(BLOCK_L=4, num_warps=1, maxnreg=168)
+    cuda = torch.device("cuda")
+    assert scan._register_cap(cfg, 1536, cuda) == cfg
+    assert scan._register_cap(cfg, 2048, cuda) == {**cfg, "maxnreg": 128}
+    assert scan._register_cap(cfg, 132 * 14, cuda)["maxnreg"] == 144  # 65536 / (14 * 32) = 146 -> 144
+    assert scan._register_cap(cfg, 2560, cuda) == cfg  # 20 per SM would need 102
+    assert scan._register_cap(dict(BLOCK_L=4, num_warps=1), 2048, cuda) == dict(BLOCK_L=4, num_warps=1)
+    assert scan._register_cap({**cfg, "num_warps": 2}, 1024, cuda)["maxnreg"] == 128  # 8 two-warp programs per SM
+    monkeypatch.undo()
+    assert scan._register_cap(cfg, 2048, torch.device("cpu")) == cfg
