@@ -94,7 +94,11 @@ class SamplingConfig:
 def choose_tokens(
     logits: torch.Tensor, config: SamplingConfig, seen: torch.Tensor | None, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Next token per row: logits `[B, V]` -> ids `[B]` int64."""
+    """Next token per row: logits `[B, V]` (any float dtype) -> ids `[B]` int64."""
+    if config.temperature == 0 and seen is None:
+        # Greedy on the logits as they come: widening bf16 to fp32 is exact, so the argmax is the same, and at batch
+        # 64 a copy of the [B, V] logits costs more than the argmax itself.
+        return logits.argmax(-1)
     logits = logits.float()
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
@@ -225,12 +229,9 @@ def generate(
     padded_vocab = model.config.padded_vocab_size
     seen = None
     if sampling.repetition_penalty != 1.0:
-        seen = torch.zeros(batch, padded_vocab, dtype=torch.bool, device=device)
+        seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device)
         for row, prompt in enumerate(prompts):
             seen[row, torch.as_tensor(prompt, device=device)] = True
-    # Padded vocabulary rows (embedding padding to a multiple of 8) are never produced.
-    vocab_mask = torch.zeros(padded_vocab, dtype=torch.bool, device=device)
-    vocab_mask[vocab:] = True
 
     _sync(device)
     start = time.perf_counter()
@@ -260,8 +261,8 @@ def generate(
         if t > 0:
             next_logits = graph(tokens) if graph is not None else model.step(tokens, cache)
             steps += 1
-        logits = next_logits.float().masked_fill(vocab_mask, float("-inf"))
-        tokens = choose_tokens(logits, sampling, seen, generator)
+        # Only real tokens: the vocabulary's padding columns (to a multiple of 8) are sliced off, never produced.
+        tokens = choose_tokens(next_logits[:, :vocab], sampling, seen, generator)
         out[:, t] = torch.where(finished, -1, tokens)
         if seen is not None:
             seen[torch.arange(batch, device=device), tokens] = True

@@ -9,6 +9,7 @@ from backbone import MambaConfig
 from tasks.language.generation import (
     SamplingConfig,
     apply_repetition_penalty,
+    choose_tokens,
     generate,
     min_p_filter,
     top_k_filter,
@@ -136,3 +137,16 @@ def test_cuda_graph_decoding_equals_eager(model):
         assert with_graph.tokens == eager.tokens
     finally:
         model.double().cpu()
+
+
+def test_greedy_choice_takes_bf16_logits_as_they_are():
+    # Greedy decoding skips the fp32 copy of the [B, V] logits; widening is exact, so the choice is the same, and a
+    # strided view (the vocabulary's padding sliced off) works too.
+    logits = torch.randn(5, 112, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    view = logits[:, :VOCAB]
+    assert torch.equal(choose_tokens(view, GREEDY, None, None), view.float().argmax(-1))
+    seen = torch.zeros(5, VOCAB, dtype=torch.bool)
+    seen[torch.arange(5), view.float().argmax(-1)] = True  # with a penalty the top token can change; still fp32
+    penalized = apply_repetition_penalty(view.float(), seen, 100.0)
+    penalty = SamplingConfig(temperature=0.0, repetition_penalty=100.0)
+    assert torch.equal(choose_tokens(view, penalty, seen, None), penalized.argmax(-1))
