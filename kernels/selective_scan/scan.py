@@ -782,12 +782,11 @@ def _num_sms(device: torch.device) -> int | None:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _sm_registers(device: torch.device) -> tuple[int, int] | None:
-    """(SMs, 32-bit registers per SM) of a CUDA device, else None."""
+def _sm_registers(device: torch.device) -> int | None:
+    """32-bit registers per SM of a CUDA device, else None (the SM count is `_num_sms`)."""
     if device.type != "cuda":
         return None
-    props = torch.cuda.get_device_properties(device)
-    return props.multi_processor_count, props.regs_per_multiprocessor
+    return torch.cuda.get_device_properties(device).regs_per_multiprocessor
 
 
 def _register_cap(cfg: dict[str, int], programs: int, device: torch.device) -> dict[str, int]:
@@ -796,10 +795,9 @@ def _register_cap(cfg: dict[str, int], programs: int, device: torch.device) -> d
     Unchanged without a cap, off CUDA, or where the grid is several waves anyway (segmented grids aim at several).
     H100, (8, 2048, 2048, 16) (the 370M training shape): 2048 backward programs, 16 per SM at 128 registers, fwd+bwd
     2495 us against 2579 at 168 registers and two waves (kernels/NOTES.md, session 9)."""
-    resources = _sm_registers(device)
-    if "maxnreg" not in cfg or resources is None:
+    sms, registers = _num_sms(device), _sm_registers(device)
+    if "maxnreg" not in cfg or not sms or not registers:
         return cfg
-    sms, registers = resources
     per_sm = triton.cdiv(programs, sms)
     fits = registers // (per_sm * 32 * cfg["num_warps"]) // 8 * 8  # registers are given out 8 per thread at a time
     if MIN_REGISTER_CAP <= fits < cfg["maxnreg"]:

@@ -485,7 +485,8 @@ def test_register_cap_fits_the_grid_in_one_wave(monkeypatch):
     # An H100: 132 SMs of 65536 registers. The configured backward cap (168) fits 12 one-warp programs per SM: the
     # 130M grid (8 x 1536 / 8 channels = 1536 programs) keeps it; the 370M grid (2048 programs, 16 per SM) gets 128;
     # grids that would need a cap under MIN_REGISTER_CAP, and configs without a cap, are left alone.
-    monkeypatch.setattr(scan, "_sm_registers", lambda device: (132, 65536))
+    monkeypatch.setattr(scan, "_num_sms", lambda device: 132)
+    monkeypatch.setattr(scan, "_sm_registers", lambda device: 65536)
     cfg = dict(BLOCK_L=4, num_warps=1, maxnreg=168)
     cuda = torch.device("cuda")
     assert scan._register_cap(cfg, 1536, cuda) == cfg
