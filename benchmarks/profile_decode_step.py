@@ -4,8 +4,9 @@ kernels). `kernels/NOTES.md` ("Decode step") quotes it.
 
     python benchmarks/profile_decode_step.py
 
-The numbers in the notes came from this code run as a scratch copy on an H100; it was committed after the session's
-device time was spent, so this file itself has not run on a GPU yet.
+Under programmatic dependent launch (Hopper; `kernels._triton_utils.pdl`) a kernel starts before the one ahead of it
+ends, so its profiled time includes that wait and the per-kernel times overlap; `MAMBALAB_PDL=0` gives the times of
+kernels that run one after another.
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ Dispatch lives here and only here. Each call picks a backend:
 `MAMBALAB_KERNELS=auto|triton|reference` chooses (default `auto`: Triton for CUDA tensors, the reference otherwise);
 the `use_reference()` / `use_triton()` context managers override it for a block. Asking for Triton where it cannot
 run raises `KernelUnavailableError`: there is no silent fallback.
+
+On Hopper and newer GPUs the decode-step kernels (norm, decode linears, mixer step) launch with programmatic
+dependent launch, so each starts while the one before it finishes (`kernels._triton_utils.pdl`; `MAMBALAB_PDL=0`
+turns it off).
 """
 
 from __future__ import annotations
@@ -419,7 +423,8 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """`x @ weight.T + bias` for the few rows of a decode step: x `(rows, K)`, weight `(N, K)` -> `(rows, N)`.
 
     On the Triton path up to 2 rows run as one GEMV kernel spread over the whole GPU (cuBLAS uses a handful of
-    64-row tiles there); more rows go to cuBLAS."""
+    64-row tiles there); 3-64 rows of bf16/fp16 as a tensor-core matmul in small tiles (`kernels/decode_linear`);
+    more rows, or fp32, go to cuBLAS."""
     _check_decode_linear_args(x, weight, bias)
     fn = _implementation("decode_linear", x.device)
     return fn(_contiguous(x), _contiguous(weight), _contiguous(bias))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -12,6 +13,7 @@ __all__ = [
     "channel_last",
     "empty",
     "empty_sequence",
+    "pdl",
     "poisoning",
     "sequence_strides",
     "unit_stride",
@@ -22,6 +24,29 @@ def poisoning() -> bool:
     """Fill kernel outputs with NaN before launch (under the interpreter, or with MAMBALAB_KERNELS_POISON=1), so a
     test sees any element a kernel forgot to write."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1" or os.environ.get("MAMBALAB_KERNELS_POISON", "0") == "1"
+
+
+@functools.cache
+def _compute_capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def pdl(device: torch.device) -> bool:
+    """Whether to launch a kernel that supports it with programmatic dependent launch (PDL; Hopper and newer GPUs).
+
+    A kernel launched with PDL may start while the kernel before it in the stream is still running: it loads what
+    that kernel does not write (weights, states of earlier steps), then waits in `tl.extra.cuda.gdc_wait()` until
+    the previous kernel has finished and its writes are visible, and only then reads activations or writes anything.
+    Right after its own wait it lets the next kernel start (`gdc_launch_dependents`), so at most two kernels overlap
+    and everything before the previous one has finished. A kernel without the flag waits for its predecessor as
+    usual, so a chain may mix both. In a CUDA graph of many small kernels (a decode step) this hides most of the
+    launch gap and the first loads of each kernel. Off on CPU, under the interpreter (which has no `griddepcontrol`)
+    and with `MAMBALAB_PDL=0`."""
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False
+    if os.environ.get("MAMBALAB_PDL", "1") == "0":
+        return False
+    return _compute_capability(device.index if device.index is not None else torch.cuda.current_device())[0] >= 9
 
 
 def _tracing(args) -> bool:

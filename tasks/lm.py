@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import kernels
 from backbone import MambaBackbone, MambaCache, MambaConfig
 from backbone.checkpoints import load_checked, parse_config, read_config, read_weights, to_our_keys
 from backbone.init import init_embedding_
@@ -70,8 +71,12 @@ class MambaLM(nn.Module):
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, cache: MambaCache) -> torch.Tensor:
-        """One token per sequence: `[B]` -> logits `[B, padded_vocab_size]`, advancing `cache`."""
-        return self.lm_head(self.backbone.step(self.embedding(input_ids), cache))
+        """One token per sequence: `[B]` -> logits `[B, padded_vocab_size]`, advancing `cache`.
+
+        The LM head goes through `kernels.decode_linear` like the layers' projections: a few rows against a
+        `[V, D]` matrix is their shape too (on CPU it is `F.linear`)."""
+        hidden = self.backbone.step(self.embedding(input_ids), cache)  # [B, D]
+        return kernels.decode_linear(hidden, self.lm_head.weight)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write `config.json` and `model.safetensors` (a tied LM head is stored once, as the embedding)."""

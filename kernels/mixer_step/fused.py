@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_utils import empty
+from kernels._triton_utils import empty, pdl
 from kernels.causal_conv1d.step import _conv_step_rows
 from kernels.selective_scan.step import _advance_state_rows, _load_state_rows
 
@@ -53,6 +53,7 @@ def _conv_step_project_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -65,6 +66,9 @@ def _conv_step_project_kernel(
         mask=(offs_p < n_proj)[:, None] & mask_d[None, :],
         other=0.0,
     )  # [BLOCK_P, BLOCK_D]
+    if USE_PDL:  # x comes from the kernel before (in_proj); see `kernels._triton_utils.pdl`
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     x = _conv_step_rows(
         x_ptr, conv_state_ptr, conv_w_ptr, conv_bias_ptr, pid_b, offs_d, mask_d, state_len,
         stride_x_b, stride_state_b, stride_state_d, stride_conv_w_d, WIDTH, HAS_BIAS, True, BLOCK_S,
@@ -105,6 +109,7 @@ def _project_state_step_kernel(
     BLOCK_BLOCKS: tl.constexpr,
     PARTIAL_CHUNKS: tl.constexpr,
     EARLY_LOADS: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -126,8 +131,12 @@ def _project_state_step_kernel(
             ssm_state_ptr, A_ptr, D_ptr, z_ptr, dt_bias_ptr, pid_b, offs_d, mask_d, dstate,
             stride_state_b, stride_state_d, stride_A_d, stride_z_b, HAS_D, HAS_Z, HAS_DT_BIAS, BLOCK_N,
         )  # fmt: skip
-        x = tl.load(conv_out_ptr + pid_b * dim + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         w = tl.load(dt_w_ptr + offs_d.to(tl.int64)[:, None] * stride_dt_w_d + offs_r[None, :], mask=mask_dr, other=0.0)
+    if USE_PDL:  # the partials and x come from the kernel before (kernel 1); see `kernels._triton_utils.pdl`
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    if EARLY_LOADS:
+        x = tl.load(conv_out_ptr + pid_b * dim + offs_d, mask=mask_d, other=0.0).to(tl.float32)
 
     # x_proj's output for this sequence: the kernel-1 partials summed over the channel blocks, in a fixed order,
     # BLOCK_BLOCKS of them at a time (one chunk up to 2048 channels; more keep the tiles small for wide models).
@@ -195,11 +204,13 @@ def mixer_step(
     conv_out = empty(batch, dim, device=x.device, dtype=x.dtype)
     partial = empty(batch, n_blocks, block_p, device=x.device, dtype=torch.float32)
     out = empty(batch, dim, device=x.device, dtype=x.dtype)
+    use_pdl = pdl(x.device)
     _conv_step_project_kernel[(n_blocks, batch)](
         x, conv_state, conv_weight, conv_bias, x_proj_weight, conv_out, partial,
         dim, state_len, n_proj,
         x.stride(0), conv_state.stride(0), conv_state.stride(1), conv_weight.stride(0), x_proj_weight.stride(0),
-        WIDTH=width, HAS_BIAS=conv_bias is not None, BLOCK_D=block_d, BLOCK_S=block_s, BLOCK_P=block_p, num_warps=4,
+        WIDTH=width, HAS_BIAS=conv_bias is not None, BLOCK_D=block_d, BLOCK_S=block_s, BLOCK_P=block_p,
+        USE_PDL=use_pdl, launch_pdl=use_pdl, num_warps=4,
     )  # fmt: skip
     _project_state_step_kernel[(triton.cdiv(dim, block_d_state), batch)](
         partial, conv_out, z, ssm_state, dt_proj_weight, A, D, dt_bias, out,
@@ -209,7 +220,7 @@ def mixer_step(
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
         BLOCK_D=block_d_state, BLOCK_N=triton.next_power_of_2(dstate), BLOCK_R=max(2, triton.next_power_of_2(dt_rank)),
         BLOCK_P=block_p, BLOCK_BLOCKS=block_blocks, PARTIAL_CHUNKS=triton.cdiv(n_blocks, block_blocks),
-        EARLY_LOADS=batch < _LARGE_BATCH,
+        EARLY_LOADS=batch < _LARGE_BATCH, USE_PDL=use_pdl, launch_pdl=use_pdl,
         num_warps=4,
     )  # fmt: skip
     return out

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_utils import call_op, empty, unit_stride
+from kernels._triton_utils import call_op, empty, pdl, unit_stride
 
 __all__ = ["layer_norm", "rms_norm"]
 
@@ -49,10 +49,14 @@ def _add_norm_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     STORE_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)  # [BLOCK_N]
     mask = cols < hidden
+    if USE_PDL:  # x comes from the kernel before; see `kernels._triton_utils.pdl`
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     r = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         r += tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
@@ -180,6 +184,7 @@ def _add_norm_fwd(x, weight, bias, residual, eps, is_rms_norm, prenorm, residual
     rstd = empty(rows, device=x.device, dtype=torch.float32)
     if rows:
         block_n = triton.next_power_of_2(hidden)
+        use_pdl = pdl(x.device)
         _add_norm_fwd_kernel[(rows,)](
             x2,
             res2,
@@ -200,6 +205,8 @@ def _add_norm_fwd(x, weight, bias, residual, eps, is_rms_norm, prenorm, residual
             HAS_BIAS=bias is not None,
             STORE_RESIDUAL=prenorm,
             BLOCK_N=block_n,
+            USE_PDL=use_pdl,
+            launch_pdl=use_pdl,
             num_warps=_num_warps(block_n),
         )
     return out.view(shape), res_out.view(shape if prenorm else (0,)), mean, rstd

@@ -293,7 +293,7 @@ def test_mixer_step_decode(batch, dim, dstate, dt_rank):
         assert_close(name, f, lo, h.to(lo.dtype) if name == "conv_state" else h)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 64])
+@pytest.mark.parametrize("rows", [1, 2, 3, 16, 64])  # GEMV up to 2, tensor-core kernel from 3
 @pytest.mark.parametrize("K, N", [(768, 3072), (1536, 768)], ids=["in_proj", "out_proj"])
 def test_decode_linears(rows, K, N):
     from kernels.decode_linear import gemv

@@ -1,6 +1,6 @@
 """The decode-step kernels against their references under TRITON_INTERPRET=1 on CPU: the fused mixer step (conv step,
-x_proj, dt_proj, SSM step in two kernels), the decode linears (GEMV, and GEMV behind a fused add+RMSNorm), and a
-model's Triton decode steps against its full forward."""
+x_proj, dt_proj, SSM step in two kernels), the decode linears (GEMV, GEMV behind a fused add+RMSNorm, and the
+tensor-core kernel for batched rows), and a model's Triton decode steps against its full forward."""
 
 from __future__ import annotations
 
@@ -88,6 +88,27 @@ def test_decode_linear_matches_reference(rows, bias, dtype):
     assert_close("out", fast, lowp, hi)
     with pytest.raises(ValueError, match="weight must have shape"):
         kernels.decode_linear(x, weight[:, 1:])
+
+
+@pytest.mark.parametrize("rows, K, N, bias", [(3, 70, 45, False), (17, 300, 50, True), (64, 40, 33, False)])
+def test_decode_linear_on_tensor_cores_matches_reference(monkeypatch, rows, K, N, bias):
+    # Batched decoding (more rows than the GEMV takes, bf16): the tensor-core kernel, with row and column tiles that do
+    # not divide the shape and a K loop of several steps (K 300 over 128-wide steps).
+    from kernels.decode_linear import gemv
+
+    monkeypatch.setattr(gemv, "MMA_CONFIG", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=2))
+    launched, original = [], gemv._few_rows_matmul
+    monkeypatch.setattr(gemv, "_few_rows_matmul", lambda *a: launched.append(1) or original(*a))
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, K, generator=g).to(torch.bfloat16)
+    weight = (torch.randn(N, K, generator=g) / K**0.5).to(torch.bfloat16)
+    b = torch.randn(N, generator=g).to(torch.bfloat16) if bias else None
+    with kernels.use_triton():
+        fast = kernels.decode_linear(x, weight, b)
+    assert launched, "the tensor-core kernel did not run"
+    lowp = linear_ref.decode_linear(x, weight, b)
+    hi = linear_ref.decode_linear(x.float(), weight.float(), None if b is None else b.float())
+    assert_close("out", fast, lowp, hi)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
