@@ -15,12 +15,11 @@ For more than `MAX_ROWS` rows the GEMV would re-read the weights per row. From t
 `MMA_CONFIG` (64 rows x 32 columns, K in steps of 128, 4 stages: the fastest of 31 tile configs, H100). Alone, with
 its weights in L2, it takes 3.3 / 4.5 us for the 130M in_proj / out_proj at 64 rows against cuBLAS's 3.7 / 4.3; in
 the model, weights cold, it is no faster than cuBLAS (batch-64 decode, LM head included: 0.733 vs 0.726 ms per
-step). It is here for
-the launch chain: every decode kernel being ours, each one starts under programmatic dependent launch while the one
-before it finishes (`kernels._triton_utils.pdl`), and a cuBLAS GEMM would break that chain twice per layer (with
-PDL: 0.706 ms per step, against 0.710 with cuBLAS; `kernels/NOTES.md`, session 10). Past `MAX_MMA_ROWS` rows, for
-fp32 inputs, and for GEMV rows longer than `MAX_K`, the launchers hand over to the fused norm kernel and cuBLAS,
-which are the right tools for a real GEMM.
+step). It is here for the launch chain: with every decode kernel ours, each starts under programmatic dependent
+launch while the one before it finishes (`kernels._triton_utils.pdl`), and a cuBLAS GEMM would break that chain
+twice per layer (with PDL: 0.706 ms per step, against 0.710 with cuBLAS; `kernels/NOTES.md`, session 10). Past
+`MAX_MMA_ROWS` rows, for fp32 inputs, and for GEMV rows longer than `MAX_K`, the launchers hand over to the fused
+norm kernel and cuBLAS, which are the right tools for a real GEMM.
 
 Under PDL the GEMV issues its weight loads before it waits for the previous kernel (they do not depend on it), so
 the biggest read of a batch-1 step overlaps the kernel before; the tensor-core kernel waits first.
