@@ -75,8 +75,9 @@ class MambaMixer(nn.Module):
         else:
             x = conv
         x = self.mixer_dropout(x)
-        # x comes back from x_projection unchanged; the scan must take this x (see backbone/projections.py).
-        x, x_dbl = x_projection(x, self.x_proj.weight)  # x_dbl: [dt_rank + 2 N, B L]
+        # x comes back from x_projection unchanged; the scan must take this x (see backbone/projections.py). The scan
+        # is its only consumer and returns a new dx, so x_proj's backward may add its part into that dx in place.
+        x, x_dbl = x_projection(x, self.x_proj.weight, sum_into_downstream_grad=True)  # x_dbl: [dt_rank + 2 N, B L]
         dt, B, C = self._split_projection(x_dbl, dim=0)
         delta = from_channel_major(self.dt_proj.weight @ dt, batch)  # [B, d_inner, L]
         scan = kernels.selective_scan(

@@ -66,11 +66,16 @@ def _mixed_precision_gemm(a: torch.Tensor, out_dtype: torch.dtype) -> bool:
     )
 
 
-def matmul_in(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+def matmul_in(
+    a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """`a @ b` `[M, N]` returned in `out_dtype` (e.g. an fp32 weight gradient from bf16 activations): on CUDA the GEMM
-    writes its fp32 accumulator directly, instead of a bf16 product that is then cast (two more passes)."""
+    writes its fp32 accumulator directly, instead of a bf16 product that is then cast (two more passes). With `out`
+    (contiguous, `out_dtype`; e.g. a row block of a larger gradient) the product is written there."""
     if _mixed_precision_gemm(a, out_dtype):
-        return torch.mm(a, b, out_dtype=out_dtype)
+        return torch.mm(a, b, out_dtype=out_dtype, out=out) if out is not None else torch.mm(a, b, out_dtype=out_dtype)
+    if out is not None:
+        return out.copy_(a @ b)
     return (a @ b).to(out_dtype)
 
 
@@ -110,7 +115,10 @@ class _InProjection(torch.autograd.Function):
         with torch.autocast(rows.device.type, enabled=False):
             dhidden = dx.t() @ w[:d_inner]  # [B L, D], contiguous
             dhidden.addmm_(dz.t(), w[d_inner:])
-            dweight = torch.cat([matmul_in(g, rows, ctx.weight_dtype) for g in (dx, dz)])  # [2 d_inner, D]
+            # Each GEMM writes its half of dW in place (a cat of two halves was a 16 MB copy per layer at 370M).
+            dweight = rows.new_empty(2 * d_inner, d_model, dtype=ctx.weight_dtype)  # [2 d_inner, D]
+            for g, half in zip((dx, dz), dweight.chunk(2), strict=True):
+                matmul_in(g, rows, ctx.weight_dtype, out=half)
             dbias = torch.cat([dx.sum(1), dz.sum(1)]) if ctx.has_bias else None
         return dhidden.view(batch, seqlen, d_model), dweight, dbias
 
@@ -147,7 +155,7 @@ class _XProjection(torch.autograd.Function):
     # GEMM writes its own [d_inner, B L] gradient and a separate kernel adds the two (1.1 ms of a 130M step on an
     # H100: benchmarks/results/profile_train_step_130M_fused_loss_*.md).
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor):
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, sum_into_downstream_grad: bool):
         dtype = compute_dtype(x)
         x_rows = channel_major_matrix(x).to(dtype)  # [d_inner, B L]
         w = weight.to(dtype)
@@ -155,6 +163,7 @@ class _XProjection(torch.autograd.Function):
             x_dbl = w @ x_rows  # [R, B L]
         ctx.save_for_backward(x_rows, w)
         ctx.batch, ctx.x_dtype, ctx.weight_dtype = x.shape[0], x.dtype, weight.dtype
+        ctx.sum_into_downstream_grad = sum_into_downstream_grad
         return x, x_dbl  # autograd hands x back as a view with this node as its grad_fn
 
     @staticmethod
@@ -162,7 +171,7 @@ class _XProjection(torch.autograd.Function):
         x_rows, w = ctx.saved_tensors
         want_dx, want_dweight = ctx.needs_input_grad[:2]
         if dx_dbl is None:  # x_proj's output did not reach the loss
-            return dx_scan, None
+            return dx_scan, None, None
         dx_dbl = dx_dbl.to(w.dtype)
         dx = dweight = None
         with torch.autocast(x_rows.device.type, enabled=False):
@@ -170,20 +179,31 @@ class _XProjection(torch.autograd.Function):
                 dweight = matmul_in(dx_dbl, x_rows.t(), ctx.weight_dtype)  # [R, d_inner]
             if want_dx and dx_scan is None:
                 dx = w.t() @ dx_dbl
-            elif want_dx:  # dx_scan + w^T dx_dbl in one GEMM, into a new tensor (an incoming gradient is not ours)
-                dx = torch.addmm(channel_major_matrix(dx_scan).to(w.dtype), w.t(), dx_dbl)  # [d_inner, B L]
+            elif want_dx:  # dx_scan + w^T dx_dbl in one GEMM (beta = 1)
+                dx_scan = channel_major_matrix(dx_scan)  # [d_inner, B L]
+                if ctx.sum_into_downstream_grad and dx_scan.dtype == w.dtype and dx_scan.is_contiguous():
+                    dx = dx_scan.addmm_(w.t(), dx_dbl)
+                else:  # into a new tensor: cuBLAS first copies dx_scan there (a 67 MB copy per layer at 370M)
+                    dx = torch.addmm(dx_scan.to(w.dtype), w.t(), dx_dbl)
         if dx is not None:
             dx = from_channel_major(dx, ctx.batch).to(ctx.x_dtype)
-        return dx, dweight
+        return dx, dweight, None
 
 
-def x_projection(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def x_projection(
+    x: torch.Tensor, weight: torch.Tensor, *, sum_into_downstream_grad: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`x` `(B, d_inner, L)`, `weight` `[R, d_inner]` -> `(x, weight @ x as a [R, B L] matrix)`.
 
     Use the returned `x` (same values and memory) downstream in place of the input: x's gradient from downstream and
     the one through x_proj are then summed inside x_proj's backward GEMM. Follows autocast like `F.linear`.
+
+    `sum_into_downstream_grad`: the backward adds x_proj's part into the incoming downstream gradient in place
+    instead of into a new tensor (which saves cuBLAS a copy of it). Autograd may hand one gradient tensor to several
+    nodes (an addition's backward passes its input gradient to both operands), so this is only for a returned `x`
+    with a single consumer whose backward makes a new gradient tensor: in the mixer, the scan.
     """
-    return _XProjection.apply(x, weight)
+    return _XProjection.apply(x, weight, sum_into_downstream_grad)
 
 
 def in_projection(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):

@@ -1,4 +1,4 @@
-"""Small helpers shared by the Triton kernels (no kernels of their own)."""
+"""Small helpers shared by the Triton kernels (host-side helpers and one device function; no kernels of their own)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 import torch
+import triton
+import triton.language as tl
 
 __all__ = [
     "call_op",
@@ -15,8 +17,10 @@ __all__ = [
     "empty_sequence",
     "pdl",
     "poisoning",
+    "prefetch_l2",
     "sequence_strides",
     "unit_stride",
+    "wait_for_previous_kernel",
 ]
 
 
@@ -35,10 +39,10 @@ def pdl(device: torch.device) -> bool:
     """Whether to launch a kernel that supports it with programmatic dependent launch (PDL; Hopper and newer GPUs).
 
     A kernel launched with PDL may start while the kernel before it in the stream is still running: it loads what
-    that kernel does not write (weights, states of earlier steps), then waits in `tl.extra.cuda.gdc_wait()` until
-    the previous kernel has finished and its writes are visible, and only then reads activations or writes anything.
-    Right after its own wait it lets the next kernel start (`gdc_launch_dependents`), so at most two kernels overlap
-    and everything before the previous one has finished. A kernel without the flag waits for its predecessor as
+    that kernel does not write (weights, states of earlier steps), then calls `wait_for_previous_kernel`, which waits
+    until the previous kernel has finished and its writes are visible, and only then reads activations or writes
+    anything. Right after its own wait it lets the next kernel start, so at most two kernels overlap and everything
+    before the previous one has finished. A kernel without the flag waits for its predecessor as
     usual, so a chain may mix both. In a CUDA graph of many small kernels (a decode step) this hides most of the
     launch gap and the first loads of each kernel. Off on CPU, under the interpreter (which has no `griddepcontrol`)
     and with `MAMBALAB_PDL=0`."""
@@ -47,6 +51,30 @@ def pdl(device: torch.device) -> bool:
     if os.environ.get("MAMBALAB_PDL", "1") == "0":
         return False
     return _compute_capability(device.index if device.index is not None else torch.cuda.current_device())[0] >= 9
+
+
+@triton.jit
+def prefetch_l2(ptrs):
+    """Ask the memory system to bring the lines at `ptrs` (any shape) into L2 (PTX `prefetch.global.L2`): no
+    registers are held and nothing waits for them. For the time before `wait_for_previous_kernel` under PDL, where a
+    kernel may read only what the previous kernel does not write: the later loads then hit L2. CUDA only (inline PTX),
+    so a caller guards it with the same flag as its wait; one pointer per 128-byte line is enough, more are harmless."""
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2 [$1];\n mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
+    )
+
+
+@triton.jit
+def wait_for_previous_kernel(USE_PDL: tl.constexpr):
+    """The one synchronisation point of a kernel launched with PDL (see `pdl`); a no-op when `USE_PDL` is off.
+
+    Waits until the previous kernel in the stream has finished and its writes are visible, then lets the next kernel
+    start. The order is the rule that keeps a chain safe: a kernel triggers its successor only after its own wait, so
+    at most two kernels overlap and everything before the previous one has finished. Before this call a kernel may
+    load only what the previous kernel does not write, and store nothing."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 def _tracing(args) -> bool:

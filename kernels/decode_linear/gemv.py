@@ -22,7 +22,9 @@ twice per layer (with PDL: 0.706 ms per step, against 0.710 with cuBLAS; `kernel
 norm kernel and cuBLAS, which are the right tools for a real GEMM.
 
 Under PDL the GEMV issues its weight loads before it waits for the previous kernel (they do not depend on it), so
-the biggest read of a batch-1 step overlaps the kernel before; the tensor-core kernel waits first.
+the biggest read of a batch-1 step overlaps the kernel before. The tensor-core kernel cannot hold its weight tiles in
+registers across the wait (its K loop streams them), so it asks for them in L2 instead (`prefetch_l2`: one pointer per
+128-byte line of its weight rows) and reads them from there after the wait.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_utils import empty, pdl
+from kernels._triton_utils import empty, pdl, prefetch_l2, wait_for_previous_kernel
 from kernels.decode_linear import ref
 from kernels.rms_norm.fused import rms_norm
 
@@ -81,9 +83,7 @@ def _decode_linear_kernel(
         mask=mask_n[:, None] & mask_k[None, :],
         other=0.0,
     )  # [BLOCK_N, BLOCK_K]
-    if USE_PDL:  # the weights are loading; the row comes from the kernel before (`kernels._triton_utils.pdl`)
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    wait_for_previous_kernel(USE_PDL)  # the weights are loading; the row comes from the kernel before
     xk = tl.load(x_ptr + row * stride_x_row + offs_k, mask=mask_k, other=0.0).to(tl.float32)  # [BLOCK_K]
     if NORM:
         if HAS_RESIDUAL:
@@ -116,6 +116,7 @@ def _few_rows_matmul_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     USE_PDL: tl.constexpr,
+    PREFETCH_LINES: tl.constexpr,
 ):
     """out `[M, N]` = x `[M, K]` @ w `[N, K]`^T (+ bias), one `[BLOCK_M, BLOCK_N]` tile per program, fp32 accumulator;
     w is cast to x's dtype, as the reference does."""
@@ -128,9 +129,12 @@ def _few_rows_matmul_kernel(
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_x_row  # [BLOCK_M, 1]
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_w_n  # [BLOCK_N, 1]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    if USE_PDL:  # x comes from the kernel before (`kernels._triton_utils.pdl`)
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    if USE_PDL and PREFETCH_LINES > 0:  # the weights do not come from the kernel before: ask for them now
+        per_line = 1024 // w_ptr.dtype.element_ty.primitive_bitwidth  # elements in 128 bytes
+        lines = tl.minimum(tl.arange(0, PREFETCH_LINES) * per_line, K - 1)
+        rows = tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_w_n  # in bounds: no mask on a prefetch
+        prefetch_l2(w_ptr + rows + lines[None, :])  # [BLOCK_N, PREFETCH_LINES], one pointer per 128-byte line
+    wait_for_previous_kernel(USE_PDL)  # x comes from the kernel before
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
         mask_k = offs_k < K
@@ -152,9 +156,15 @@ def _few_rows_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     out = empty(rows, N, device=x.device, dtype=x.dtype)
     _few_rows_matmul_kernel[(triton.cdiv(N, block_n), triton.cdiv(rows, block_m))](
         x, weight, bias, out, rows, K, N, x.stride(0), weight.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, USE_PDL=use_pdl, launch_pdl=use_pdl, **cfg,
+        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, USE_PDL=use_pdl, launch_pdl=use_pdl,
+        PREFETCH_LINES=_prefetch_lines(K, weight.element_size()), **cfg,
     )  # fmt: skip
     return out
+
+
+def _prefetch_lines(K: int, element_size: int) -> int:
+    """128-byte lines in a weight row of K elements, as a power of two (a constexpr tile size)."""
+    return triton.next_power_of_2(triton.cdiv(K * element_size, 128))
 
 
 def _uses_tensor_cores(x: torch.Tensor) -> bool:

@@ -10,7 +10,9 @@ launches sets the decode speed, not the bytes. Here:
 2. `_project_state_step_kernel`, one program per `BLOCK_D` channels of one sequence: the sum of the partials (x_proj
    needs every channel, so it cannot finish inside kernel 1 without a grid-wide sync; summing a few dozen partials in
    a fixed order is deterministic, unlike atomics), then dt_proj for its own channels, and the SSM step. Below
-   batch 16 it loads the state and constants before the sums (`EARLY_LOADS`); `kernels/NOTES.md` has the timings.
+   batch 16 it loads the state and constants before the sums (`EARLY_LOADS`). From batch 16, where holding the
+   state in registers across the sums costs more than its load latency, it only asks for the state and dt_proj rows
+   in L2 before its PDL wait (`PREFETCH`); `kernels/NOTES.md` has the timings of both.
 
 x_proj's output and dt are rounded to x's dtype where the unfused step holds them in a tensor of that dtype, so the
 fused step reproduces it (and the prefill path) up to summation order.
@@ -22,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_utils import empty, pdl
+from kernels._triton_utils import empty, pdl, prefetch_l2, wait_for_previous_kernel
 from kernels.causal_conv1d.step import _conv_step_rows
 from kernels.selective_scan.step import _advance_state_rows, _load_state_rows
 
@@ -66,9 +68,7 @@ def _conv_step_project_kernel(
         mask=(offs_p < n_proj)[:, None] & mask_d[None, :],
         other=0.0,
     )  # [BLOCK_P, BLOCK_D]
-    if USE_PDL:  # x comes from the kernel before (in_proj); see `kernels._triton_utils.pdl`
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    wait_for_previous_kernel(USE_PDL)  # x comes from the kernel before (in_proj)
     x = _conv_step_rows(
         x_ptr, conv_state_ptr, conv_w_ptr, conv_bias_ptr, pid_b, offs_d, mask_d, state_len,
         stride_x_b, stride_state_b, stride_state_d, stride_conv_w_d, WIDTH, HAS_BIAS, True, BLOCK_S,
@@ -110,6 +110,7 @@ def _project_state_step_kernel(
     PARTIAL_CHUNKS: tl.constexpr,
     EARLY_LOADS: tl.constexpr,
     USE_PDL: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -132,9 +133,11 @@ def _project_state_step_kernel(
             stride_state_b, stride_state_d, stride_A_d, stride_z_b, HAS_D, HAS_Z, HAS_DT_BIAS, BLOCK_N,
         )  # fmt: skip
         w = tl.load(dt_w_ptr + offs_d.to(tl.int64)[:, None] * stride_dt_w_d + offs_r[None, :], mask=mask_dr, other=0.0)
-    if USE_PDL:  # the partials and x come from the kernel before (kernel 1); see `kernels._triton_utils.pdl`
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    if USE_PDL and PREFETCH:  # the state and dt_proj rows do not come from kernel 1: ask for them now
+        channels = tl.minimum(offs_d, dim - 1).to(tl.int64)  # in bounds: a prefetch takes no mask
+        prefetch_l2(ssm_state_ptr + pid_b * stride_state_b + channels * stride_state_d)
+        prefetch_l2(dt_w_ptr + channels * stride_dt_w_d)
+    wait_for_previous_kernel(USE_PDL)  # the partials and x come from the kernel before (kernel 1)
     if EARLY_LOADS:
         x = tl.load(conv_out_ptr + pid_b * dim + offs_d, mask=mask_d, other=0.0).to(tl.float32)
 
@@ -220,7 +223,7 @@ def mixer_step(
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
         BLOCK_D=block_d_state, BLOCK_N=triton.next_power_of_2(dstate), BLOCK_R=max(2, triton.next_power_of_2(dt_rank)),
         BLOCK_P=block_p, BLOCK_BLOCKS=block_blocks, PARTIAL_CHUNKS=triton.cdiv(n_blocks, block_blocks),
-        EARLY_LOADS=batch < _LARGE_BATCH, USE_PDL=use_pdl, launch_pdl=use_pdl,
+        EARLY_LOADS=batch < _LARGE_BATCH, PREFETCH=batch >= _LARGE_BATCH, USE_PDL=use_pdl, launch_pdl=use_pdl,
         num_warps=4,
     )  # fmt: skip
     return out

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_utils import call_op, empty, pdl, unit_stride
+from kernels._triton_utils import call_op, empty, pdl, unit_stride, wait_for_previous_kernel
 
 __all__ = ["layer_norm", "rms_norm"]
 
@@ -54,9 +54,7 @@ def _add_norm_fwd_kernel(
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)  # [BLOCK_N]
     mask = cols < hidden
-    if USE_PDL:  # x comes from the kernel before; see `kernels._triton_utils.pdl`
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    wait_for_previous_kernel(USE_PDL)  # x comes from the kernel before
     r = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         r += tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0).to(tl.float32)

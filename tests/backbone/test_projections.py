@@ -67,21 +67,37 @@ def test_out_projection_equals_linear_with_a_channel_major_gradient(bias):
     assert channel_major_matrix(dy).data_ptr() == dy.data_ptr() and dy.stride() == y.stride()
 
 
+@pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("use_passthrough", [True, False])
-def test_x_projection_sums_both_gradients_of_x(use_passthrough):
+def test_x_projection_sums_both_gradients_of_x(use_passthrough, in_place):
     batch, seqlen, d_inner, rank = 2, 9, 6, 5
     x = channel_major_leaf(batch, d_inner, seqlen)
     weight = torch.randn(rank, d_inner, requires_grad=True)
-    passed, x_dbl = x_projection(x, weight)
+    passed, x_dbl = x_projection(x, weight, sum_into_downstream_grad=in_place)
     assert passed.data_ptr() == x.data_ptr() and torch.equal(passed, x)
     ref_dbl = weight @ channel_major_matrix(x)
     torch.testing.assert_close(x_dbl, ref_dbl)
-    # Downstream uses of x (a stand-in for the scan) go through `passed`; the reference uses x directly.
+    # Downstream uses of x (a stand-in for the scan, which makes a new gradient) go through `passed`; the reference
+    # uses x directly.
     got = grads((passed.sin(), x_dbl) if use_passthrough else (x_dbl,), [x, weight])
     want = grads((x.sin(), ref_dbl) if use_passthrough else (ref_dbl,), [x, weight])
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
     assert got[0].stride() == x.stride(), "dx keeps x's channel-major layout"
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_x_projection_sums_into_a_channel_major_downstream_gradient_in_place(in_place):
+    x = channel_major_leaf(2, 6, 9)
+    weight = torch.randn(5, 6, requires_grad=True)
+    passed, x_dbl = x_projection(x, weight, sum_into_downstream_grad=in_place)
+    downstream = []  # the gradient the stand-in for the scan hands back: new, in x's channel-major layout
+    passed.register_hook(lambda g: downstream.append((g.data_ptr(), g.stride())))
+    out = passed.sin()
+    loss = (out * torch.randn_like(out)).sum() + (x_dbl * torch.randn_like(x_dbl)).sum()  # randn_like keeps layouts
+    (dx,) = torch.autograd.grad(loss, [x])
+    assert downstream[0][1] == x.stride()
+    assert (dx.data_ptr() == downstream[0][0]) == in_place, "x_proj's part goes into the downstream gradient"
 
 
 def test_x_projection_with_a_frozen_weight():
@@ -168,6 +184,15 @@ def test_drop_path_drops_whole_sequences_in_training_only():
         MambaConfig(drop_path=1.0)
 
 
+def test_matmul_in_writes_into_out():
+    a, b = torch.randn(4, 3, dtype=torch.bfloat16), torch.randn(3, 5, dtype=torch.bfloat16)
+    buffer = torch.full((8, 5), float("nan"))
+    returned = matmul_in(a, b, torch.float32, out=buffer[4:])
+    assert returned.data_ptr() == buffer[4:].data_ptr()
+    torch.testing.assert_close(buffer[4:], (a @ b).float())
+    assert buffer[:4].isnan().all()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_fp32_gemm_outputs_on_cuda(dtype):
@@ -178,6 +203,13 @@ def test_fp32_gemm_outputs_on_cuda(dtype):
     out = matmul_in(a, b, torch.float32)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-4)
+
+    # Into a row block of a larger buffer (the in_proj backward writes dW's two halves this way).
+    buffer = torch.full((600, 200), float("nan"), device="cuda")
+    returned = matmul_in(a, b, torch.float32, out=buffer[300:])
+    assert returned.data_ptr() == buffer[300:].data_ptr()
+    torch.testing.assert_close(buffer[300:].double(), exact, rtol=1e-5, atol=1e-4)
+    assert buffer[:300].isnan().all(), "matmul_in(out=) wrote outside its block"
 
     acc = torch.randn(300, 200, device="cuda")
     before = acc.clone()
