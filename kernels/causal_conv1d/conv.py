@@ -21,7 +21,7 @@ on an H100.)
 
 x, out, dout and dx are addressed through (batch, channel, time) strides, so time-major memory and channel-last memory
 (a transposed `[batch, seqlen, dim]`, channel stride 1, as the mixer's in_proj gives it) both go through without a
-copy; out and dx take x's layout. Tile shapes are per layout (CONFIGS); both backward passes use the "bwd" one.
+copy; out and dx take x's layout. Tile shapes are per layout and pass (CONFIGS).
 """
 
 from __future__ import annotations
@@ -36,12 +36,15 @@ __all__ = ["causal_conv1d"]
 
 # Tile shapes per pass and memory layout, the fastest of `benchmarks/kernels.py --sweep-conv` on an H100 (GPU time of
 # (8, 1536, 2048) bf16, CUDA graphs; see kernels/NOTES.md). Time-major = time at unit stride; channel-last = channels
-# at unit stride (the mixer's in_proj views): wide channel blocks, short time tiles.
+# at unit stride (the mixer's in_proj views): wide channel blocks, short time tiles. The backward's two passes
+# ("bwd_dpre": dpre, dw, dbias; "bwd_dx": dx from dpre) have a tile each.
 CONFIGS = {
     "fwd": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4),
-    "bwd": dict(BLOCK_D=16, BLOCK_L=64, num_warps=2),
+    "bwd_dpre": dict(BLOCK_D=16, BLOCK_L=64, num_warps=2),
+    "bwd_dx": dict(BLOCK_D=16, BLOCK_L=64, num_warps=2),
     "fwd_channel_last": dict(BLOCK_D=128, BLOCK_L=16, num_warps=4),
-    "bwd_channel_last": dict(BLOCK_D=32, BLOCK_L=64, num_warps=4),
+    "bwd_dpre_channel_last": dict(BLOCK_D=32, BLOCK_L=64, num_warps=4),
+    "bwd_dx_channel_last": dict(BLOCK_D=32, BLOCK_L=64, num_warps=4),
 }
 
 
@@ -300,7 +303,7 @@ def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
     dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
     dbias = torch.zeros(dim, device=x.device, dtype=torch.float32) if bias is not None else None
     dinit = empty(batch, dim, width - 1, device=x.device, dtype=torch.float32) if init is not None else None
-    cfg = _config("bwd", x)
+    cfg = _config("bwd_dpre", x)
     init_strides = (init.stride(0), init.stride(1)) if init is not None else (0, 0)
     # Pass 1 stores dpre (in x's layout, in dout's dtype: bf16 in training halves the round trip between the passes;
     # dw/dbias are summed from the fp32 values before the store, so only dx sees the rounding) only with the SiLU;
@@ -331,6 +334,7 @@ def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
             BLOCK_W=triton.next_power_of_2(width),
             **cfg,
         )
+    cfg = _config("bwd_dx", x)
     grid = (triton.cdiv(seqlen + width - 1, cfg["BLOCK_L"]), triton.cdiv(dim, cfg["BLOCK_D"]), batch)
     _causal_conv1d_bwd_dx_kernel[grid](
         dpre,
