@@ -1,0 +1,444 @@
+"""Depthwise causal conv1d (+ SiLU) in Triton: forward and backward kernels.
+
+Math (the spec is `kernels/causal_conv1d/ref.py`), per channel d, width W, with `xp[p] = x[p]` for `p >= 0` and
+`xp[p] = initial_state[W - 1 + p]` (or 0) for `-(W-1) <= p < 0`::
+
+    pre[t] = bias + sum_{k<W} w[k] * xp[t - (W-1) + k]          out[t] = act(pre[t])
+
+Backward, with `dpre[s] = dout[s] * act'(pre[s])` for `0 <= s < L` (0 elsewhere)::
+
+    dxp[t]   = sum_k w[k] * dpre[t + (W-1) - k]    for -(W-1) <= t < L  (t < 0 gives d initial_state)
+               + d final_state[t - (L - (W-1))]      where t >= L - (W-1)
+    dw[k]    = sum_{b, s} dpre[s] * xp[s - (W-1) + k]          dbias = sum_{b, s} dpre[s]
+
+Each program owns a `[BLOCK_D, BLOCK_L]` tile of one sequence. The shifted reads of x overlap between neighbouring
+taps and tiles and are served by the caches, so the forward moves about one read of x and one write of out. The
+backward runs in two passes: the first recomputes `pre` once per output position, stores `dpre` (in dout's dtype,
+with the SiLU; without it dpre is dout) and sums dw/dbias (fp32 atomics across programs); the second forms dx from W
+shifted reads of dpre. (One pass would need dpre at W shifted positions per tile: W recomputations of pre, W^2
+shifted loads of x and W sigmoids per element, which is what an earlier version did, at ~300 us for (8, 1536, 2048)
+on an H100.)
+
+x, out, dout and dx are addressed through (batch, channel, time) strides, so time-major memory and channel-last memory
+(a transposed `[batch, seqlen, dim]`, channel stride 1, as the mixer's in_proj gives it) both go through without a
+copy; out and dx take x's layout. Tile shapes are per layout and pass (CONFIGS).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._triton_utils import call_op, channel_last, empty, empty_sequence, sequence_strides, unit_stride
+
+__all__ = ["causal_conv1d"]
+
+# Tile shapes per pass and memory layout, the fastest of `benchmarks/kernels.py --sweep-conv` on an H100 (GPU time of
+# (8, 1536, 2048) bf16, CUDA graphs; see kernels/NOTES.md). Time-major = time at unit stride; channel-last = channels
+# at unit stride (the mixer's in_proj views): wide channel blocks, short time tiles. The backward's two passes
+# ("bwd_dpre": dpre, dw, dbias; "bwd_dx": dx from dpre) have a tile each.
+CONFIGS = {
+    "fwd": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4),
+    "bwd_dpre": dict(BLOCK_D=16, BLOCK_L=64, num_warps=2),
+    "bwd_dx": dict(BLOCK_D=16, BLOCK_L=64, num_warps=2),
+    "fwd_channel_last": dict(BLOCK_D=128, BLOCK_L=16, num_warps=4),
+    "bwd_dpre_channel_last": dict(BLOCK_D=32, BLOCK_L=64, num_warps=4),
+    "bwd_dx_channel_last": dict(BLOCK_D=32, BLOCK_L=64, num_warps=4),
+}
+
+
+def _config(kind: str, x: torch.Tensor) -> dict:
+    return dict(CONFIGS[f"{kind}_channel_last" if channel_last(x) else kind])
+
+
+@triton.jit
+def _load_xp(x_rows, stride_x_l, init_rows, p, seqlen, mask_d, WIDTH: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr):
+    """`xp[p]` as fp32 `[BLOCK_D, BLOCK_L]`: x where `0 <= p < seqlen`, the initial state where `p < 0`, else 0."""
+    x_ptrs = x_rows + p.to(tl.int64)[None, :] * stride_x_l  # time offsets are strided (channel-last) and may pass 2^31
+    val = tl.load(x_ptrs, mask=mask_d[:, None] & ((p >= 0) & (p < seqlen))[None, :], other=0.0)
+    val = val.to(tl.float32)
+    if HAS_INITIAL_STATE:
+        in_state = (p < 0) & (p >= -(WIDTH - 1))
+        hist = tl.load(init_rows + (WIDTH - 1 + p)[None, :], mask=mask_d[:, None] & in_state[None, :], other=0.0)
+        val += hist.to(tl.float32)
+    return val
+
+
+@triton.jit
+def _causal_conv1d_fwd_kernel(
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    init_ptr,
+    out_ptr,
+    dim,
+    seqlen,
+    stride_x_b,
+    stride_x_d,
+    stride_x_l,
+    stride_w_d,
+    stride_init_b,
+    stride_init_d,
+    stride_out_b,
+    stride_out_d,
+    stride_out_l,
+    WIDTH: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_INITIAL_STATE: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
+    mask_d = offs_d < dim
+    offs_d64 = offs_d.to(tl.int64)
+    x_rows = x_ptr + pid_b * stride_x_b + offs_d64[:, None] * stride_x_d  # [BLOCK_D, 1]
+    init_rows = init_ptr + pid_b * stride_init_b + offs_d64[:, None] * stride_init_d if HAS_INITIAL_STATE else init_ptr
+
+    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    for k in tl.static_range(WIDTH):
+        w_k = tl.load(w_ptr + offs_d64 * stride_w_d + k, mask=mask_d, other=0.0).to(tl.float32)  # [BLOCK_D]
+        xp = _load_xp(x_rows, stride_x_l, init_rows, t - (WIDTH - 1) + k, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
+        acc += w_k[:, None] * xp
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    out_ptrs = (
+        out_ptr + pid_b * stride_out_b + offs_d64[:, None] * stride_out_d + t.to(tl.int64)[None, :] * stride_out_l
+    )
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_d[:, None] & (t < seqlen)[None, :])
+
+
+@triton.jit
+def _causal_conv1d_bwd_dpre_kernel(
+    dout_ptr,
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    init_ptr,
+    dpre_ptr,
+    dw_ptr,
+    dbias_ptr,
+    dim,
+    seqlen,
+    stride_x_b,
+    stride_x_d,
+    stride_x_l,
+    stride_w_d,
+    stride_init_b,
+    stride_init_d,
+    stride_dout_b,
+    stride_dout_d,
+    stride_dout_l,
+    stride_dpre_b,
+    stride_dpre_d,
+    stride_dpre_l,
+    WIDTH: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_INITIAL_STATE: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    # Backward pass 1, over output positions s: dpre[s] = dout[s] * silu'(pre[s]) (stored in dout's dtype when SILU),
+    # and the weight and bias gradients dw[j] += sum_s dpre[s] * xp[s - (W-1) + j], dbias += sum_s dpre[s] (from the
+    # fp32 values, before that store).
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    offs_w = tl.arange(0, BLOCK_W)  # [BLOCK_W]
+    s = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L], output positions
+    mask_d = offs_d < dim
+    mask_s = mask_d[:, None] & (s < seqlen)[None, :]
+    offs_d64 = offs_d.to(tl.int64)
+    s64 = s.to(tl.int64)[None, :]
+    x_rows = x_ptr + pid_b * stride_x_b + offs_d64[:, None] * stride_x_d  # [BLOCK_D, 1]
+    init_rows = init_ptr + pid_b * stride_init_b + offs_d64[:, None] * stride_init_d if HAS_INITIAL_STATE else init_ptr
+    dout_ptrs = dout_ptr + pid_b * stride_dout_b + offs_d64[:, None] * stride_dout_d + s64 * stride_dout_l
+    dpre = tl.load(dout_ptrs, mask=mask_s, other=0.0).to(tl.float32)  # [BLOCK_D, BLOCK_L]
+    if SILU:
+        pre = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+        if HAS_BIAS:
+            pre += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+        for j in tl.static_range(WIDTH):
+            w_j = tl.load(w_ptr + offs_d64 * stride_w_d + j, mask=mask_d, other=0.0).to(tl.float32)
+            xj = _load_xp(x_rows, stride_x_l, init_rows, s - (WIDTH - 1) + j, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
+            pre += w_j[:, None] * xj
+        sig = tl.sigmoid(pre)
+        dpre = dpre * sig * (1.0 + pre * (1.0 - sig))
+        dpre_ptrs = dpre_ptr + pid_b * stride_dpre_b + offs_d64[:, None] * stride_dpre_d + s64 * stride_dpre_l
+        tl.store(dpre_ptrs, dpre, mask=mask_s)
+    # The same shifted tiles of x again (L1/L2 hits): keeping WIDTH tiles live across the sigmoid costs registers.
+    dw = tl.zeros([BLOCK_D, BLOCK_W], dtype=tl.float32)
+    for j in tl.static_range(WIDTH):
+        xj = _load_xp(x_rows, stride_x_l, init_rows, s - (WIDTH - 1) + j, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
+        dw += tl.where(offs_w[None, :] == j, tl.sum(dpre * xj, axis=1)[:, None], 0.0)
+    tl.atomic_add(
+        dw_ptr + offs_d64[:, None] * WIDTH + offs_w[None, :],
+        dw,
+        mask=mask_d[:, None] & (offs_w < WIDTH)[None, :],
+        sem="relaxed",
+    )
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + offs_d, tl.sum(dpre, axis=1), mask=mask_d, sem="relaxed")
+
+
+@triton.jit
+def _causal_conv1d_bwd_dx_kernel(
+    dpre_ptr,
+    dfinal_ptr,
+    w_ptr,
+    dx_ptr,
+    dinit_ptr,
+    dim,
+    seqlen,
+    stride_w_d,
+    stride_dpre_b,
+    stride_dpre_d,
+    stride_dpre_l,
+    stride_dx_b,
+    stride_dx_d,
+    stride_dx_l,
+    WIDTH: tl.constexpr,
+    HAS_INITIAL_STATE: tl.constexpr,
+    HAS_DFINAL: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
+    # Backward pass 2, over input positions t (from -(W-1): the initial state's steps):
+    # dx[t] = sum_k w[k] * dpre[t + (W-1-k)], plus d final_state where t is one of the last W-1 steps.
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L) - (WIDTH - 1)  # [BLOCK_L], positions of xp (may be < 0)
+    mask_d = offs_d < dim
+    offs_d64 = offs_d.to(tl.int64)
+    dpre_rows = dpre_ptr + pid_b * stride_dpre_b + offs_d64[:, None] * stride_dpre_d
+
+    dx = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+    for k in tl.static_range(WIDTH):
+        s = t + (WIDTH - 1 - k)  # [BLOCK_L], the output position that tap k of xp[t] feeds
+        mask_s = mask_d[:, None] & ((s >= 0) & (s < seqlen))[None, :]
+        dpre = tl.load(dpre_rows + s.to(tl.int64)[None, :] * stride_dpre_l, mask=mask_s, other=0.0).to(tl.float32)
+        w_k = tl.load(w_ptr + offs_d64 * stride_w_d + k, mask=mask_d, other=0.0).to(tl.float32)
+        dx += w_k[:, None] * dpre
+
+    if HAS_DFINAL:
+        j = t - (seqlen - (WIDTH - 1))  # index into the final state
+        mask_f = mask_d[:, None] & ((j >= 0) & (t < seqlen))[None, :]
+        dfin_rows = dfinal_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1)
+        dx += tl.load(dfin_rows + j[None, :], mask=mask_f, other=0.0).to(tl.float32)
+
+    dx_ptrs = dx_ptr + pid_b * stride_dx_b + offs_d64[:, None] * stride_dx_d + t.to(tl.int64)[None, :] * stride_dx_l
+    tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask_d[:, None] & ((t >= 0) & (t < seqlen))[None, :])
+    if HAS_INITIAL_STATE:
+        dinit_rows = dinit_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1) + (WIDTH - 1)
+        tl.store(dinit_rows + t[None, :], dx, mask=mask_d[:, None] & (t < 0)[None, :])
+
+
+def _final_state(x: torch.Tensor, initial_state: torch.Tensor | None, width: int) -> torch.Tensor:
+    """The last `width - 1` inputs (initial state included when the sequence is shorter), a new tensor."""
+    batch, dim, seqlen = x.shape
+    if seqlen >= width - 1:
+        return x[:, :, seqlen - (width - 1) :].clone(memory_format=torch.contiguous_format)
+    hist = initial_state if initial_state is not None else x.new_zeros(batch, dim, width - 1)
+    return torch.cat([hist, x], dim=-1)[:, :, -(width - 1) :].contiguous()
+
+
+def _causal_conv1d_fwd(x, weight, bias, initial_state, silu, return_final_state):
+    """Launch the forward. Returns out `(b, d, l)` x.dtype (channel-last when x is) and the final state
+    `(b, d, width-1)` contiguous (empty unless `return_final_state`)."""
+    (x,) = sequence_strides(x)
+    weight, bias, initial_state = unit_stride(weight, bias, initial_state)
+    batch, dim, seqlen = x.shape
+    width = weight.shape[1]
+    if initial_state is not None:
+        initial_state = initial_state.to(x.dtype)  # the reference keeps its history in x's dtype
+    out = empty_sequence(x)
+    cfg = _config("fwd", x)
+    if seqlen > 0:
+        init_strides = (initial_state.stride(0), initial_state.stride(1)) if initial_state is not None else (0, 0)
+        grid = (triton.cdiv(seqlen, cfg["BLOCK_L"]), triton.cdiv(dim, cfg["BLOCK_D"]), batch)
+        _causal_conv1d_fwd_kernel[grid](
+            x,
+            weight,
+            bias,
+            initial_state,
+            out,
+            dim,
+            seqlen,
+            *x.stride(),
+            weight.stride(0),
+            *init_strides,
+            *out.stride(),
+            WIDTH=width,
+            HAS_BIAS=bias is not None,
+            HAS_INITIAL_STATE=initial_state is not None,
+            SILU=silu,
+            **cfg,
+        )
+    final = _final_state(x, initial_state, width) if return_final_state else x.new_empty(0)
+    return out, final
+
+
+def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
+    """Launch the backward. Returns (dx, dweight, dbias, dinit), each like its input (dx channel-last when x is), or
+    None where it is None."""
+    dout, x = sequence_strides(dout, x)
+    weight, bias = unit_stride(weight, bias)
+    dfinal = None if dfinal is None else dfinal.contiguous()
+    batch, dim, seqlen = x.shape
+    width = weight.shape[1]
+    init = initial_state.to(x.dtype) if initial_state is not None else None
+    dx = empty_sequence(x)
+    dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
+    dbias = torch.zeros(dim, device=x.device, dtype=torch.float32) if bias is not None else None
+    dinit = empty(batch, dim, width - 1, device=x.device, dtype=torch.float32) if init is not None else None
+    cfg = _config("bwd_dpre", x)
+    init_strides = (init.stride(0), init.stride(1)) if init is not None else (0, 0)
+    # Pass 1 stores dpre (in x's layout, in dout's dtype: bf16 in training halves the round trip between the passes;
+    # dw/dbias are summed from the fp32 values before the store, so only dx sees the rounding) only with the SiLU;
+    # without it dpre is dout itself.
+    dpre = empty_sequence(x, dtype=dout.dtype) if silu else dout
+    if seqlen > 0:
+        grid = (triton.cdiv(seqlen, cfg["BLOCK_L"]), triton.cdiv(dim, cfg["BLOCK_D"]), batch)
+        _causal_conv1d_bwd_dpre_kernel[grid](
+            dout,
+            x,
+            weight,
+            bias,
+            init,
+            dpre,
+            dw,
+            dbias,
+            dim,
+            seqlen,
+            *x.stride(),
+            weight.stride(0),
+            *init_strides,
+            *dout.stride(),
+            *dpre.stride(),
+            WIDTH=width,
+            HAS_BIAS=bias is not None,
+            HAS_INITIAL_STATE=init is not None,
+            SILU=silu,
+            BLOCK_W=triton.next_power_of_2(width),
+            **cfg,
+        )
+    cfg = _config("bwd_dx", x)
+    grid = (triton.cdiv(seqlen + width - 1, cfg["BLOCK_L"]), triton.cdiv(dim, cfg["BLOCK_D"]), batch)
+    _causal_conv1d_bwd_dx_kernel[grid](
+        dpre,
+        dfinal,
+        weight,
+        dx,
+        dinit,
+        dim,
+        seqlen,
+        weight.stride(0),
+        *dpre.stride(),
+        *dx.stride(),
+        WIDTH=width,
+        HAS_INITIAL_STATE=init is not None,
+        HAS_DFINAL=dfinal is not None,
+        **cfg,
+    )
+    return (
+        dx,
+        dw.to(weight.dtype),
+        None if dbias is None else dbias.to(bias.dtype),
+        None if dinit is None else dinit.to(initial_state.dtype),
+    )
+
+
+@torch.library.custom_op("mambalab::causal_conv1d_fwd", mutates_args=())
+def _causal_conv1d_fwd_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    silu: bool,
+    return_final_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _causal_conv1d_fwd(x, weight, bias, initial_state, silu, return_final_state)
+
+
+@_causal_conv1d_fwd_op.register_fake
+def _(x, weight, bias, initial_state, silu, return_final_state):
+    batch, dim, _ = x.shape
+    final = x.new_empty(batch, dim, weight.shape[1] - 1) if return_final_state else x.new_empty(0)
+    return empty_sequence(x, poison=False), final
+
+
+@torch.library.custom_op("mambalab::causal_conv1d_bwd", mutates_args=())
+def _causal_conv1d_bwd_op(
+    dout: torch.Tensor,
+    dfinal: torch.Tensor | None,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    silu: bool,
+) -> list[torch.Tensor]:
+    grads = _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu)
+    return [g if g is not None else x.new_empty(0) for g in grads]
+
+
+@_causal_conv1d_bwd_op.register_fake
+def _(dout, dfinal, x, weight, bias, initial_state, silu):
+    like = lambda t: x.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+    return [empty_sequence(x, poison=False), *(like(t) for t in (weight, bias, initial_state))]
+
+
+class _CausalConv1dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, initial_state, silu, return_final_state):
+        out, final = call_op(
+            "causal_conv1d_fwd", _causal_conv1d_fwd, x, weight, bias, initial_state, silu, return_final_state
+        )
+        ctx.save_for_backward(x, weight, bias, initial_state)
+        ctx.silu = silu
+        ctx.return_final_state = return_final_state
+        return out, final
+
+    @staticmethod
+    def backward(ctx, dout, dfinal):
+        x, weight, bias, initial_state = ctx.saved_tensors
+        dfinal = dfinal if ctx.return_final_state else None
+        grads = call_op("causal_conv1d_bwd", _causal_conv1d_bwd, dout, dfinal, x, weight, bias, initial_state, ctx.silu)
+        present = (x, weight, bias, initial_state)
+        return (*(g if t is not None else None for g, t in zip(grads, present)), None, None)
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    activation: str | None = None,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+):
+    """Triton causal depthwise conv1d (+ SiLU); same contract as `kernels.causal_conv1d.ref.causal_conv1d`.
+
+    x: `(batch, dim, seqlen)`, time-major (time stride 1) or channel-last (channel stride 1, e.g. `h.transpose(1, 2)`
+    of a `[batch, seqlen, dim]` tensor); weight `(dim, width)`, 2 <= width; bias `(dim,)`; initial_state
+    `(batch, dim, width - 1)`. Returns out `(batch, dim, seqlen)` in x's dtype and layout (dx too) and, with
+    `return_final_state`, the final state `(batch, dim, width - 1)` contiguous in x's dtype.
+    """
+    silu = activation in ("silu", "swish")
+    tensors = (x, weight, bias, initial_state)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        out, final = _CausalConv1dFn.apply(*tensors, silu, return_final_state)
+    else:
+        out, final = call_op("causal_conv1d_fwd", _causal_conv1d_fwd, *tensors, silu, return_final_state)
+    return (out, final) if return_final_state else out
