@@ -3,7 +3,7 @@
 # profile. Ordered by priority. Needs, carried: .whl (../shared/tools/gpu-wheels.sh) and .data/text/ with
 # tinyshakespeare.txt and tokenizers/gpt-neox-20b/tokenizer.json copied from ../shared/data/text. ~9 min on an H100:
 #   run: bash benchmarks/wip/run.sh > $OUT/stdout.log 2>&1; tail -c 11500 $OUT/all.log   (carry .whl, .data)
-# benchmarks/wip is for this A/B only: drop it (conv_main.py is main's conv.py, for the A/B) before merging.
+# benchmarks/wip is for this A/B only: drop it (conv_main.py is conv.py before the pass-2 change, for the A/B) before merging.
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 MAMBALAB_DATA=$PWD/.data MAMBALAB_RUN_DIR=/tmp/runs
 L=$OUT/all.log
