@@ -7,6 +7,10 @@ once), which is what comparing two versions of a loop body needs: kernels/NOTES.
 to time on the device.
 
     python benchmarks/sass_report.py [--shape 8,1536,2048,16]      # the selective scan's kernels at that shape
+    python benchmarks/sass_report.py --conv [--shape 8,2048,2048]   # the causal conv's forward and backward passes
+
+Besides the opcode counts, each report lists its global-memory instructions by access width (`LDG.E.U16`: a 2-byte
+load, `LDG.E.128`: 16 bytes): misaligned tiles show up there as one narrow load per element.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ class Report:
     spill_bytes: int
     stack_bytes: int
     opcodes: collections.Counter
+    memory: collections.Counter  # global loads, stores and reductions by their full opcode (access width included)
 
     @property
     def instructions(self) -> int:
@@ -94,9 +99,10 @@ class Report:
 
     def line(self) -> str:
         ops = " ".join(f"{k}={self.opcodes[k]}" for k in KEY_OPCODES if self.opcodes[k])
+        memory = " ".join(f"{k}={v}" for k, v in sorted(self.memory.items()))
         return (
             f"{self.name}: {self.registers} registers, {self.spill_bytes} B spilled, {self.instructions} instructions"
-            f"\n    {ops}"
+            f"\n    {ops}\n    memory: {memory}"
         )
 
 
@@ -115,18 +121,21 @@ def report(compiled, name: str) -> Report:
         found = re.search(pattern, verbose)
         return int(found.group(1)) if found else 0
 
-    opcodes = collections.Counter()
+    opcodes, memory = collections.Counter(), collections.Counter()
     for line in sass.splitlines():
-        # "        /*0940*/     @!P1 FFMA.FTZ R1, R2, R3, R4 ;" -> FFMA
-        found = re.match(r"\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
+        # "        /*0940*/     @!P1 LDG.E.U16 R1, desc[UR4][R2.64] ;" -> LDG (opcodes), LDG.E.U16 (memory)
+        found = re.match(r"\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?(([A-Z][A-Z0-9_]*)[.\w]*)", line)
         if found:
-            opcodes[found.group(1)] += 1
+            opcodes[found.group(2)] += 1
+            if found.group(2) in ("LDG", "STG", "REDG"):
+                memory[found.group(1)] += 1
     return Report(
         name=name,
         registers=number(r"Used (\d+) registers"),
         spill_bytes=number(r"(\d+) bytes spill stores"),
         stack_bytes=number(r"(\d+) bytes stack frame"),
         opcodes=opcodes,
+        memory=memory,
     )
 
 
@@ -177,13 +186,44 @@ def scan_reports(batch: int, dim: int, seqlen: int, dstate: int, sms: int = 132)
     return reports
 
 
+def conv_reports(batch: int, dim: int, seqlen: int, width: int = 4) -> list[Report]:
+    """The causal conv's kernels (forward, backward pass 1: dpre/dw/dbias, pass 2: dx) as the launchers configure them,
+    for the mixer's call: bf16 x `(B, D, L)` with time at unit stride, bias, SiLU."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("TRITON_INTERPRET=1 runs kernels in Python and compiles nothing: unset it for sass_report")
+    from kernels.causal_conv1d import conv
+
+    reports: list[Report] = []
+    names = {"_causal_conv1d_fwd_kernel": "conv fwd", "_causal_conv1d_bwd_dpre_kernel": "conv bwd dpre",
+             "_causal_conv1d_bwd_dx_kernel": "conv bwd dx"}  # fmt: skip
+    saved = {attr: getattr(conv, attr) for attr in names}
+    for attr, name in names.items():
+        setattr(conv, attr, _Recorder(saved[attr], name, reports))
+    try:
+        # The mixer's layout: a channel-major [D, B L] matrix viewed as (B, D, L).
+        x = torch.randn(dim, batch * seqlen, dtype=torch.bfloat16).unflatten(1, (batch, seqlen)).transpose(0, 1)
+        weight, bias = torch.randn(dim, width), torch.randn(dim)
+        with sm90_target():
+            conv._causal_conv1d_fwd(x, weight, bias, None, True, False)
+            conv._causal_conv1d_bwd(torch.randn_like(x), None, x, weight, bias, None, True)
+    finally:
+        for attr, value in saved.items():
+            setattr(conv, attr, value)
+    return reports
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="8,1536,2048,16", help="batch,dim,seqlen,dstate of the scan")
+    parser.add_argument("--shape", help="batch,dim,seqlen,dstate of the scan (8,1536,2048,16); with --conv "
+                                         "batch,dim,seqlen (8,2048,2048)")  # fmt: skip
     parser.add_argument("--sms", type=int, default=132, help="SMs of the GPU the launchers plan for (H100: 132)")
+    parser.add_argument("--conv", action="store_true", help="the causal conv's kernels instead of the scan's")
     args = parser.parse_args(argv)
-    batch, dim, seqlen, dstate = (int(v) for v in args.shape.split(","))
-    for r in scan_reports(batch, dim, seqlen, dstate, args.sms):
+    if args.conv:
+        reports = conv_reports(*(int(v) for v in (args.shape or "8,2048,2048").split(",")))
+    else:
+        reports = scan_reports(*(int(v) for v in (args.shape or "8,1536,2048,16").split(",")), args.sms)
+    for r in reports:
         print(r.line())
 
 

@@ -129,7 +129,7 @@ def _few_rows_matmul_kernel(
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_x_row  # [BLOCK_M, 1]
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_w_n  # [BLOCK_N, 1]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    if USE_PDL and PREFETCH_LINES > 0:  # the weights do not come from the kernel before: ask for them now
+    if USE_PDL:  # the weights do not come from the kernel before: ask for them now
         per_line = 1024 // w_ptr.dtype.element_ty.primitive_bitwidth  # elements in 128 bytes
         lines = tl.minimum(tl.arange(0, PREFETCH_LINES) * per_line, K - 1)
         rows = tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_w_n  # in bounds: no mask on a prefetch

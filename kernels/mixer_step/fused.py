@@ -12,7 +12,7 @@ launches sets the decode speed, not the bytes. Here:
    a fixed order is deterministic, unlike atomics), then dt_proj for its own channels, and the SSM step. Below
    batch 16 it loads the state and constants before the sums (`EARLY_LOADS`). From batch 16, where holding the
    state in registers across the sums costs more than its load latency, it only asks for the state and dt_proj rows
-   in L2 before its PDL wait (`PREFETCH`); `kernels/NOTES.md` has the timings of both.
+   in L2 before its PDL wait (`prefetch_l2`); `kernels/NOTES.md` has the timings of both.
 
 x_proj's output and dt are rounded to x's dtype where the unfused step holds them in a tensor of that dtype, so the
 fused step reproduces it (and the prefill path) up to summation order.
@@ -110,7 +110,6 @@ def _project_state_step_kernel(
     PARTIAL_CHUNKS: tl.constexpr,
     EARLY_LOADS: tl.constexpr,
     USE_PDL: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -133,7 +132,7 @@ def _project_state_step_kernel(
             stride_state_b, stride_state_d, stride_A_d, stride_z_b, HAS_D, HAS_Z, HAS_DT_BIAS, BLOCK_N,
         )  # fmt: skip
         w = tl.load(dt_w_ptr + offs_d.to(tl.int64)[:, None] * stride_dt_w_d + offs_r[None, :], mask=mask_dr, other=0.0)
-    if USE_PDL and PREFETCH:  # the state and dt_proj rows do not come from kernel 1: ask for them now
+    if USE_PDL and not EARLY_LOADS:  # the state and dt_proj rows do not come from kernel 1: ask for them now
         channels = tl.minimum(offs_d, dim - 1).to(tl.int64)  # in bounds: a prefetch takes no mask
         prefetch_l2(ssm_state_ptr + pid_b * stride_state_b + channels * stride_state_d)
         prefetch_l2(dt_w_ptr + channels * stride_dt_w_d)
@@ -223,7 +222,7 @@ def mixer_step(
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
         BLOCK_D=block_d_state, BLOCK_N=triton.next_power_of_2(dstate), BLOCK_R=max(2, triton.next_power_of_2(dt_rank)),
         BLOCK_P=block_p, BLOCK_BLOCKS=block_blocks, PARTIAL_CHUNKS=triton.cdiv(n_blocks, block_blocks),
-        EARLY_LOADS=batch < _LARGE_BATCH, PREFETCH=batch >= _LARGE_BATCH, USE_PDL=use_pdl, launch_pdl=use_pdl,
+        EARLY_LOADS=batch < _LARGE_BATCH, USE_PDL=use_pdl, launch_pdl=use_pdl,
         num_warps=4,
     )  # fmt: skip
     return out

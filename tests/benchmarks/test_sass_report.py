@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from benchmarks.sass_report import scan_reports
+from benchmarks.sass_report import conv_reports, scan_reports
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") == "1", reason="compiles for a GPU target; the interpreter compiles nothing"
@@ -32,3 +32,14 @@ def test_segmented_plan_compiles_every_pass():
     names = [r.name for r in scan_reports(1, 1536, 8192, 16)]
     assert sum("SEGMENT_ENDS" in n for n in names) == 1 and sum("SEGMENT_ADJOINT" in n for n in names) == 1
     assert sum(n.startswith("segment carry") for n in names) == 2
+
+
+def test_conv_kernels_compile_and_list_their_memory_accesses_by_width():
+    reports = {r.name.split(" WIDTH")[0]: r for r in conv_reports(2, 64, 256)}
+    assert set(reports) == {"conv fwd", "conv bwd dpre", "conv bwd dx"}
+    for r in reports.values():
+        assert r.spill_bytes == 0 and r.instructions > 100, r.line()
+        # Every global access is in the width breakdown, and only those.
+        assert sum(r.memory.values()) == r.opcodes["LDG"] + r.opcodes["STG"] + r.opcodes["REDG"], r.line()
+        assert any(name.startswith("LDG.E") for name in r.memory), r.line()
+    assert any(name.startswith("REDG") for name in reports["conv bwd dpre"].memory), "dw/dbias are summed by atomics"
