@@ -23,7 +23,8 @@ other. How a graphed step differs, and why:
 - The first training batch warms up (three forward + backward passes, no optimizer step) and captures; every later
   batch must have its shapes (the recipes' training loaders drop a short last batch).
 - Lightning's backward is skipped (the replay has run it) and so is its `zero_grad`: the replay overwrites the
-  gradients in the graph's memory, and setting them to None would cut the parameters off from them.
+  gradients in the graph's memory. (Lightning also sets them to None before each validation; the replay binds
+  them to `.grad` again, which an H100 test caught: without it the steps after a validation did not train.)
 - One device only (DDP and FSDP reduce gradients inside the backward, which this does not capture), no gradient
   accumulation (each replay overwrites the gradients), and a CUDA device. The callback checks these at the start
   and names the setting that conflicts.

@@ -22,8 +22,8 @@ What capture requires, and this class checks or arranges:
 - warm-up before capture (Triton compiles, cuBLAS picks algorithms, the optimizer allocates its moments): it runs on
   the example batch, and the parameters and the optimizer state are restored afterwards, so constructing the step
   does not train the model (buffers a forward changes, such as batch-norm statistics, are not restored);
-- the gradients live in the graph's memory: they are overwritten (not accumulated) by each replay, and must not be set
-  to None between steps;
+- the gradients live in the graph's memory: they are overwritten (not accumulated) by each replay. With a captured
+  optimizer they must not be set to None between steps; with `optimizer=None` each replay binds them to `.grad` again;
 - autocast's cache of low-precision weight copies is off during warm-up and capture: a cast found in the cache is not
   recorded, so the graph would replay with the weights as they were when it was filled.
 """
@@ -104,6 +104,10 @@ class CUDAGraphTrainStep:
             with torch.cuda.graph(self.graph):
                 self.static_loss = self._step()
             self.peak_memory_bytes = torch.cuda.max_memory_allocated()
+            # Where each replay writes the gradients. With optimizer=None the caller steps the optimizer, and code
+            # between replays may drop `.grad` (Lightning sets it to None before each validation), so every replay
+            # binds these again; otherwise the optimizer would see no gradients and silently skip its parameters.
+            self.static_grads = [p.grad for p in self.params]
         finally:
             torch.set_autocast_cache_enabled(cache_was_enabled)
 
@@ -131,6 +135,9 @@ class CUDAGraphTrainStep:
                 )
             static.copy_(new, non_blocking=True)
         self.graph.replay()
+        if self.optimizer is None:
+            for p, grad in zip(self.params, self.static_grads, strict=True):
+                p.grad = grad
         return self.static_loss
 
 

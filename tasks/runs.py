@@ -480,12 +480,10 @@ def adamw_warmup_cosine(
     """AdamW + per-step warm-up/cosine schedule, as `configure_optimizers` returns it.
 
     `total_steps` is read at every step, so a `TimeBudget` that shortens training also shortens the schedule.
-    Plain parameters on a GPU get torch's fused AdamW (one kernel over all tensors instead of a few per group of
-    them); sharded ones (FSDP's flat or DTensor parameters) and CPU ones keep the default implementation.
+    Not `fused=True`: Lightning's mixed-precision plugin refuses gradient clipping with an optimizer that unscales
+    gradients itself, which the fused AdamW declares (an H100 run with `gradient_clip_val` stopped at the first step).
     """
-    params = [p for group in param_groups for p in group["params"]]
-    fused = bool(params) and all(type(p) is torch.nn.Parameter and p.is_cuda for p in params)
-    optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), fused=fused or None)
+    optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warmup, total_steps(), floor)
     )

@@ -213,17 +213,40 @@ def _causal_conv1d_bwd_dx_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
-    # Backward pass 2, over input positions t (from -(W-1): the initial state's steps):
-    # dx[t] = sum_k w[k] * dpre[t + (W-1-k)], plus d final_state where t is one of the last W-1 steps.
+    # Backward pass 2, over input positions t: dx[t] = sum_k w[k] * dpre[t + (W-1-k)], plus d final_state where t is
+    # one of the last W-1 steps. The tiles of x's own steps start at multiples of BLOCK_L, so the dx stores and the
+    # unshifted dpre tap are aligned vector accesses (tiles that started W-1 steps early, to cover the initial state
+    # too, made every dx store a 2-byte one). With an initial state, one extra program (the last) takes its W-1 steps.
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
-    t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L) - (WIDTH - 1)  # [BLOCK_L], positions of xp (may be < 0)
     mask_d = offs_d < dim
     offs_d64 = offs_d.to(tl.int64)
-    dpre_rows = dpre_ptr + pid_b * stride_dpre_b + offs_d64[:, None] * stride_dpre_d
+    n_tiles = tl.cdiv(seqlen, BLOCK_L)
+    if pid_l < n_tiles:
+        t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L], positions of x
+        dx = _dx_tile(dpre_ptr, dfinal_ptr, w_ptr, t, pid_b, offs_d64, mask_d, dim, seqlen, stride_w_d, stride_dpre_b,
+                      stride_dpre_d, stride_dpre_l, WIDTH, HAS_DFINAL, BLOCK_D, BLOCK_L)  # fmt: skip
+        dx_rows = dx_ptr + pid_b * stride_dx_b + offs_d64[:, None] * stride_dx_d
+        tl.store(dx_rows + t.to(tl.int64)[None, :] * stride_dx_l, dx.to(dx_ptr.dtype.element_ty),
+                 mask=mask_d[:, None] & (t < seqlen)[None, :])  # fmt: skip
+    if HAS_INITIAL_STATE:  # noqa: SIM102 - a constexpr, resolved at compile time; `and` with a tensor is not
+        if pid_l == n_tiles:
+            t = tl.arange(0, BLOCK_L) - (WIDTH - 1)  # [BLOCK_L], the initial state's steps are t < 0
+            dx = _dx_tile(dpre_ptr, dfinal_ptr, w_ptr, t, pid_b, offs_d64, mask_d, dim, seqlen, stride_w_d,
+                          stride_dpre_b, stride_dpre_d, stride_dpre_l, WIDTH, HAS_DFINAL, BLOCK_D, BLOCK_L)  # fmt: skip
+            dinit_rows = dinit_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1) + (WIDTH - 1)
+            tl.store(dinit_rows + t[None, :], dx, mask=mask_d[:, None] & (t < 0)[None, :])
 
+
+@triton.jit
+def _dx_tile(
+    dpre_ptr, dfinal_ptr, w_ptr, t, pid_b, offs_d64, mask_d, dim, seqlen, stride_w_d, stride_dpre_b, stride_dpre_d,
+    stride_dpre_l, WIDTH: tl.constexpr, HAS_DFINAL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):  # fmt: skip
+    """dx at positions `t` `[BLOCK_L]` (may be < 0: the initial state's steps) of `BLOCK_D` channels, fp32."""
+    dpre_rows = dpre_ptr + pid_b * stride_dpre_b + offs_d64[:, None] * stride_dpre_d
     dx = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
     for k in tl.static_range(WIDTH):
         s = t + (WIDTH - 1 - k)  # [BLOCK_L], the output position that tap k of xp[t] feeds
@@ -231,18 +254,12 @@ def _causal_conv1d_bwd_dx_kernel(
         dpre = tl.load(dpre_rows + s.to(tl.int64)[None, :] * stride_dpre_l, mask=mask_s, other=0.0).to(tl.float32)
         w_k = tl.load(w_ptr + offs_d64 * stride_w_d + k, mask=mask_d, other=0.0).to(tl.float32)
         dx += w_k[:, None] * dpre
-
     if HAS_DFINAL:
         j = t - (seqlen - (WIDTH - 1))  # index into the final state
         mask_f = mask_d[:, None] & ((j >= 0) & (t < seqlen))[None, :]
         dfin_rows = dfinal_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1)
         dx += tl.load(dfin_rows + j[None, :], mask=mask_f, other=0.0).to(tl.float32)
-
-    dx_ptrs = dx_ptr + pid_b * stride_dx_b + offs_d64[:, None] * stride_dx_d + t.to(tl.int64)[None, :] * stride_dx_l
-    tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask_d[:, None] & ((t >= 0) & (t < seqlen))[None, :])
-    if HAS_INITIAL_STATE:
-        dinit_rows = dinit_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1) + (WIDTH - 1)
-        tl.store(dinit_rows + t[None, :], dx, mask=mask_d[:, None] & (t < 0)[None, :])
+    return dx
 
 
 def _final_state(x: torch.Tensor, initial_state: torch.Tensor | None, width: int) -> torch.Tensor:
@@ -335,7 +352,13 @@ def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
             **cfg,
         )
     cfg = _config("bwd_dx", x)
-    grid = (triton.cdiv(seqlen + width - 1, cfg["BLOCK_L"]), triton.cdiv(dim, cfg["BLOCK_D"]), batch)
+    if cfg["BLOCK_L"] < width - 1:
+        raise ValueError(
+            f"causal_conv1d: bwd_dx BLOCK_L {cfg['BLOCK_L']} must cover the initial state's {width - 1} steps"
+        )
+    # x's tiles, and with an initial state one more program for its steps (see the kernel).
+    n_programs = triton.cdiv(seqlen, cfg["BLOCK_L"]) + (init is not None)
+    grid = (max(n_programs, 1), triton.cdiv(dim, cfg["BLOCK_D"]), batch)  # an empty sequence: one idle program
     _causal_conv1d_bwd_dx_kernel[grid](
         dpre,
         dfinal,

@@ -164,23 +164,27 @@ def _causal_conv1d_bwd_dpre_kernel(
     init_rows = init_ptr + pid_b * stride_init_b + offs_d64[:, None] * stride_init_d if HAS_INITIAL_STATE else init_ptr
     dout_ptrs = dout_ptr + pid_b * stride_dout_b + offs_d64[:, None] * stride_dout_d + s64 * stride_dout_l
     dpre = tl.load(dout_ptrs, mask=mask_s, other=0.0).to(tl.float32)  # [BLOCK_D, BLOCK_L]
+    # The W shifted taps xp[s - (W-1) + j] are loaded once and kept (a tuple of `[BLOCK_D, BLOCK_L]` tiles) for both
+    # the pre-activation and dw. Loading them again for dw, as an earlier version did, doubled the shifted loads,
+    # which are element-wide because a shift breaks the vector alignment (96 two-byte loads a thread).
+    taps = ()
+    for j in tl.static_range(WIDTH):
+        taps = taps + (_load_xp(x_rows, stride_x_l, init_rows, s - (WIDTH - 1) + j, seqlen, mask_d, WIDTH,
+                                HAS_INITIAL_STATE),)  # fmt: skip
     if SILU:
         pre = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
         if HAS_BIAS:
             pre += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
         for j in tl.static_range(WIDTH):
             w_j = tl.load(w_ptr + offs_d64 * stride_w_d + j, mask=mask_d, other=0.0).to(tl.float32)
-            xj = _load_xp(x_rows, stride_x_l, init_rows, s - (WIDTH - 1) + j, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
-            pre += w_j[:, None] * xj
+            pre += w_j[:, None] * taps[j]
         sig = tl.sigmoid(pre)
         dpre = dpre * sig * (1.0 + pre * (1.0 - sig))
         dpre_ptrs = dpre_ptr + pid_b * stride_dpre_b + offs_d64[:, None] * stride_dpre_d + s64 * stride_dpre_l
         tl.store(dpre_ptrs, dpre, mask=mask_s)
-    # The same shifted tiles of x again (L1/L2 hits): keeping WIDTH tiles live across the sigmoid costs registers.
     dw = tl.zeros([BLOCK_D, BLOCK_W], dtype=tl.float32)
     for j in tl.static_range(WIDTH):
-        xj = _load_xp(x_rows, stride_x_l, init_rows, s - (WIDTH - 1) + j, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
-        dw += tl.where(offs_w[None, :] == j, tl.sum(dpre * xj, axis=1)[:, None], 0.0)
+        dw += tl.where(offs_w[None, :] == j, tl.sum(dpre * taps[j], axis=1)[:, None], 0.0)
     tl.atomic_add(
         dw_ptr + offs_d64[:, None] * WIDTH + offs_w[None, :],
         dw,
