@@ -516,7 +516,7 @@ def sweep_conv(shape=(8, 1536, 2048), width=4):
             key, results = kind + layout, []
             for block_d, block_l, warps in [(16, 128, 4), (8, 256, 4), (32, 64, 4), (64, 32, 4), (128, 16, 4),
                                             (64, 64, 8), (16, 64, 2), (8, 128, 2), (16, 32, 1), (32, 32, 2),
-                                            (8, 64, 1)]:  # fmt: skip
+                                            (8, 64, 1), (8, 128, 4), (4, 256, 2)]:  # fmt: skip
                 conv.CONFIGS[key] = dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
                 if kind == "fwd":
                     with torch.no_grad():

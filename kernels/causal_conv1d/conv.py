@@ -36,12 +36,13 @@ __all__ = ["causal_conv1d"]
 
 # Tile shapes per pass and memory layout, the fastest of `benchmarks/kernels.py --sweep-conv` on an H100 (GPU time of
 # (8, 1536, 2048) bf16, CUDA graphs; see kernels/NOTES.md). Time-major = time at unit stride; channel-last = channels
-# at unit stride (the mixer's in_proj views): wide channel blocks, short time tiles. The backward's two passes
-# ("bwd_dpre": dpre, dw, dbias; "bwd_dx": dx from dpre) have a tile each.
+# at unit stride (e.g. a transposed `[batch, seqlen, dim]`): wide channel blocks, short time tiles. The backward's two
+# passes ("bwd_dpre": dpre, dw, dbias; "bwd_dx": dx from dpre) have a tile each; the time-major ones are session 13's
+# sweep at (8, 2048, 2048) and (8, 1536, 2048), the mixer's shapes in a 370M and a 130M training step.
 CONFIGS = {
     "fwd": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4),
-    "bwd_dpre": dict(BLOCK_D=16, BLOCK_L=64, num_warps=2),
-    "bwd_dx": dict(BLOCK_D=16, BLOCK_L=64, num_warps=2),
+    "bwd_dpre": dict(BLOCK_D=8, BLOCK_L=128, num_warps=4),
+    "bwd_dx": dict(BLOCK_D=4, BLOCK_L=256, num_warps=2),
     "fwd_channel_last": dict(BLOCK_D=128, BLOCK_L=16, num_warps=4),
     "bwd_dpre_channel_last": dict(BLOCK_D=32, BLOCK_L=64, num_warps=4),
     "bwd_dx_channel_last": dict(BLOCK_D=32, BLOCK_L=64, num_warps=4),
