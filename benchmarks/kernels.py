@@ -504,17 +504,19 @@ def sweep_segments_shape(shape, blocks, lengths, base_cfg):
 
 
 def sweep_conv(shape=(8, 1536, 2048), width=4):
-    """Time a few tile shapes of the conv forward and backward in both layouts (GPU time alone, CUDA graphs: the
-    wall time of a call is host-bound); keep the fastest in conv.CONFIGS for this run."""
+    """Time a few tile shapes of the conv forward and of each backward pass in both layouts (GPU time alone, CUDA
+    graphs: the wall time of a call is host-bound); keep the fastest in conv.CONFIGS for this run. A backward pass
+    is timed as forward + backward with the other pass's tile fixed (the one swept before it, else the default)."""
     w = (torch.randn(shape[1], width, device="cuda") / width).requires_grad_()
     b = torch.randn(shape[1], device="cuda", requires_grad=True)
     for layout in ("", "_channel_last"):
         x = sequence(*shape, device="cuda", dtype=torch.bfloat16, channel_last=bool(layout)).requires_grad_()
         dout = torch.randn_like(x)
-        for kind in ("fwd", "bwd"):
+        for kind in ("fwd", "bwd_dpre", "bwd_dx"):
             key, results = kind + layout, []
             for block_d, block_l, warps in [(16, 128, 4), (8, 256, 4), (32, 64, 4), (64, 32, 4), (128, 16, 4),
-                                            (64, 64, 8), (16, 64, 2)]:  # fmt: skip
+                                            (64, 64, 8), (16, 64, 2), (8, 128, 2), (16, 32, 1), (32, 32, 2),
+                                            (8, 64, 1), (8, 128, 4), (4, 256, 2)]:  # fmt: skip
                 conv.CONFIGS[key] = dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
                 if kind == "fwd":
                     with torch.no_grad():

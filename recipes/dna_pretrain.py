@@ -31,6 +31,7 @@ import torch
 
 from backbone import MambaConfig
 from backbone.init import optimizer_groups
+from tasks.cuda_graph_lightning import CUDAGraphTraining
 from tasks.distributed import throughput_metrics, unsharded_state_dict
 from tasks.genomics.data import PretrainDataConfig, PretrainDataModule
 from tasks.genomics.metrics import NextBaseMetrics, next_base_nll
@@ -84,7 +85,7 @@ class DNAPretrainConfig:
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=300, val_check_interval=50))
 
 
-class DNAPretrainModule(pl.LightningModule):
+class DNAPretrainModule(CUDAGraphTraining, pl.LightningModule):
     """Next-base cross-entropy on genome windows; per validation set: loss, perplexity, bits per base."""
 
     def __init__(self, model_cfg: dict, optim_cfg: dict, val_names: list[str], max_steps: int):
@@ -101,9 +102,14 @@ class DNAPretrainModule(pl.LightningModule):
         """`[B, L]` int64 -> logits `[B, L, V_padded]`."""
         return self.model(input_ids)
 
+    def next_base_loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """`[B, L]` ids and labels -> the mean cross-entropy over scored positions (0-dim, fp32)."""
+        nats, count = next_base_nll(self(input_ids), labels)
+        return nats / count.clamp(min=1)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        nats, count = next_base_nll(self(batch["input_ids"]), batch["labels"])
-        loss = nats / count.clamp(min=1)
+        # Eager, or replayed from a CUDA graph with trainer.cuda_graph=true (tasks/cuda_graph_lightning.py).
+        loss = self.training_loss(self.next_base_loss, batch["input_ids"], batch["labels"])
         # sync_dist: under DDP the logged value is the mean over ranks, i.e. the loss of the global batch.
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("train/bits_per_base", loss / math.log(2), prog_bar=True, sync_dist=True)

@@ -33,6 +33,7 @@ from torch import nn
 
 from backbone import MambaConfig
 from backbone.init import optimizer_groups
+from tasks.cuda_graph_lightning import CUDAGraphTraining
 from tasks.data_sources import cache_root, resolve
 from tasks.distributed import throughput_metrics, unsharded_state_dict
 from tasks.language.data import (
@@ -131,7 +132,7 @@ class LMPretrainConfig:
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=300, val_check_interval=100))
 
 
-class LMPretrainModule(pl.LightningModule):
+class LMPretrainModule(CUDAGraphTraining, pl.LightningModule):
     """Next-token cross-entropy on packed windows; per evaluation set: loss, perplexity, bits per character."""
 
     def __init__(self, model_cfg: dict, optim_cfg: dict, vocab_size: int, evals: dict[str, float], max_steps: int):
@@ -153,15 +154,18 @@ class LMPretrainModule(pl.LightningModule):
         """`[B, L]` -> logits `[B, L, V]`; `MambaLM.forward` with dropout."""
         return self.model.lm_head(self.hidden_states(input_ids))
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def next_token_loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """`[B, L]` ids and targets -> the mean cross-entropy over scored targets (0-dim, fp32)."""
         if self.model.config.padded_vocab_size >= FUSED_HEAD_MIN_VOCAB:  # logits [B, L, V] would dominate memory
-            hidden = self.hidden_states(batch["input_ids"])
-            nats, count = linear_token_nll(
-                hidden, self.model.lm_head.weight, batch["targets"], ignore_index=IGNORE_INDEX
-            )
+            hidden = self.hidden_states(input_ids)
+            nats, count = linear_token_nll(hidden, self.model.lm_head.weight, targets, ignore_index=IGNORE_INDEX)
         else:
-            nats, count = token_nll(self(batch["input_ids"]), batch["targets"])
-        loss = nats / count.clamp(min=1)
+            nats, count = token_nll(self(input_ids), targets)
+        return nats / count.clamp(min=1)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # Eager, or replayed from a CUDA graph with trainer.cuda_graph=true (tasks/cuda_graph_lightning.py).
+        loss = self.training_loss(self.next_token_loss, batch["input_ids"], batch["targets"])
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss under DDP
         return loss
 

@@ -9,6 +9,11 @@ captured graph launches the same kernels with one call and no Python, so the ste
     for batch in loader:
         loss = step(*batch)         # copies `batch` into the captured inputs, replays; `loss` is a 0-dim CUDA tensor
 
+With `optimizer=None` (and the trained `parameters` given) only the forward, loss and backward are captured: each
+replay leaves fresh gradients in the parameters' `.grad`, and the caller clips them and steps its own optimizer
+eagerly. That is how a Lightning module uses it (`tasks.cuda_graph_lightning`): Lightning keeps the optimizer step,
+the schedule, clipping and checkpointing; the graph takes the part that launches hundreds of kernels per layer.
+
 What capture requires, and this class checks or arranges:
 - fixed shapes: every batch must have the shapes and dtypes of `example_batch` (a different one raises);
 - an optimizer that can run inside a graph: `capturable=True` (e.g. `torch.optim.AdamW(..., fused=True,
@@ -17,13 +22,15 @@ What capture requires, and this class checks or arranges:
 - warm-up before capture (Triton compiles, cuBLAS picks algorithms, the optimizer allocates its moments): it runs on
   the example batch, and the parameters and the optimizer state are restored afterwards, so constructing the step
   does not train the model (buffers a forward changes, such as batch-norm statistics, are not restored);
-- the gradients live in the graph's memory: they are overwritten (not accumulated) by each replay, and must not be set
-  to None between steps.
+- the gradients live in the graph's memory: they are overwritten (not accumulated) by each replay. With a captured
+  optimizer they must not be set to None between steps; with `optimizer=None` each replay binds them to `.grad` again;
+- autocast's cache of low-precision weight copies is off during warm-up and capture: a cast found in the cache is not
+  recorded, so the graph would replay with the weights as they were when it was filled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -35,9 +42,11 @@ class CUDAGraphTrainStep:
 
     Args:
         loss_fn: `(*batch) -> loss`, a 0-dim tensor; runs the model's forward and loss (autocast inside it if wanted).
-        optimizer: a `torch.optim.Optimizer` built with `capturable=True`, over the parameters `loss_fn` trains.
+        optimizer: a `torch.optim.Optimizer` built with `capturable=True`, over the parameters `loss_fn` trains; or
+            None to capture the forward and backward only (then `parameters` names what is trained).
         example_batch: CUDA tensors with the shapes and dtypes of every later batch; used for warm-up and capture.
         warmup_steps: eager steps before capture (they are undone).
+        parameters: the parameters whose gradients the graph produces; only with `optimizer=None`.
 
     Attributes:
         peak_memory_bytes: device memory in use at the peak of a step (weights, optimizer state, gradients and the
@@ -47,13 +56,17 @@ class CUDAGraphTrainStep:
     def __init__(
         self,
         loss_fn: Callable[..., torch.Tensor],
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | None,
         example_batch: Sequence[torch.Tensor],
         *,
         warmup_steps: int = 3,
+        parameters: Iterable[torch.Tensor] | None = None,
     ) -> None:
+        if (optimizer is None) == (parameters is None):
+            raise ValueError("CUDAGraphTrainStep: give an optimizer (a whole step is captured) or, with "
+                             "optimizer=None, the trained parameters (forward and backward only)")  # fmt: skip
         # Optimizers with a step count (Adam, AdamW, ...) have the flag; those without (SGD) capture as they are.
-        if any(group.get("capturable") is False for group in optimizer.param_groups):
+        if optimizer is not None and any(group.get("capturable") is False for group in optimizer.param_groups):
             raise ValueError(
                 f"CUDAGraphTrainStep: {type(optimizer).__name__} must be built with capturable=True to run inside a "
                 "CUDA graph (its step count then lives on the GPU)"
@@ -62,33 +75,51 @@ class CUDAGraphTrainStep:
             if not (isinstance(t, torch.Tensor) and t.is_cuda):
                 raise ValueError(f"CUDAGraphTrainStep: example_batch[{i}] must be a CUDA tensor, got {_describe(t)}")
         self.loss_fn, self.optimizer = loss_fn, optimizer
-        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        if optimizer is not None:
+            self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        else:
+            self.params = [p for p in parameters if p.requires_grad]
         self.static_batch = [t.detach().clone() for t in example_batch]
 
-        saved = _snapshot(self.params, optimizer)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the default stream, as graph capture wants
-            for _ in range(warmup_steps):
-                self.optimizer.zero_grad(set_to_none=True)
-                self._step()
-        torch.cuda.current_stream().wait_stream(side)
-        _restore(self.params, optimizer, saved)
+        cache_was_enabled = torch.is_autocast_cache_enabled()
+        torch.set_autocast_cache_enabled(False)  # see the module docstring: every cast must be recorded
+        try:
+            saved = _snapshot(self.params, optimizer) if optimizer is not None else None
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up off the default stream, as graph capture wants
+                for _ in range(warmup_steps):
+                    self._release_grads()
+                    self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            if saved is not None:
+                _restore(self.params, optimizer, saved)
+            del saved
 
-        self.optimizer.zero_grad(set_to_none=True)  # the gradients are then allocated inside the graph's pool
-        del saved
-        # A replay allocates nothing: the memory it uses is what was live at the peak of the capture (the device's
-        # peak statistics are reset for this, which is why they are reset here, once).
-        torch.cuda.reset_peak_memory_stats()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_loss = self._step()
-        self.peak_memory_bytes = torch.cuda.max_memory_allocated()
+            self._release_grads()  # the gradients are then allocated inside the graph's pool
+            # A replay allocates nothing: the memory it uses is what was live at the peak of the capture (the
+            # device's peak statistics are reset for this, which is why they are reset here, once).
+            torch.cuda.reset_peak_memory_stats()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.static_loss = self._step()
+            self.peak_memory_bytes = torch.cuda.max_memory_allocated()
+            # Where each replay writes the gradients. With optimizer=None the caller steps the optimizer, and code
+            # between replays may drop `.grad` (Lightning sets it to None before each validation), so every replay
+            # binds these again; otherwise the optimizer would see no gradients and silently skip its parameters.
+            self.static_grads = [p.grad for p in self.params]
+        finally:
+            torch.set_autocast_cache_enabled(cache_was_enabled)
+
+    def _release_grads(self) -> None:
+        for p in self.params:
+            p.grad = None
 
     def _step(self) -> torch.Tensor:
         loss = self.loss_fn(*self.static_batch)
         loss.backward()
-        self.optimizer.step()
+        if self.optimizer is not None:
+            self.optimizer.step()
         return loss.detach()
 
     def __call__(self, *batch: torch.Tensor) -> torch.Tensor:
@@ -104,6 +135,9 @@ class CUDAGraphTrainStep:
                 )
             static.copy_(new, non_blocking=True)
         self.graph.replay()
+        if self.optimizer is None:
+            for p, grad in zip(self.params, self.static_grads, strict=True):
+                p.grad = grad
         return self.static_loss
 
 

@@ -35,6 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import WeightAveraging
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from tasks.cuda_graph_lightning import CUDAGraphTrainingCallback
 from tasks.distributed import ModelOrderOptimizerState, PerRankSeed, Throughput, build_strategy
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ class TrainerConfig:
     """The subset of `pl.Trainer` arguments a recipe exposes (names and meanings are Lightning's), plus
     `throughput_warmup_steps`: the optimizer steps before the throughput/memory measurement starts, and
     `ema_decay`: keep an exponential moving average of the weights (`WeightEMA`, None: off); validation, the
-    checkpoints' `state_dict` and everything after `fit` then use the averaged weights."""
+    checkpoints' `state_dict` and everything after `fit` then use the averaged weights; `cuda_graph`: replay each
+    training step's forward, loss and backward from a CUDA graph (one GPU; `tasks.cuda_graph_lightning`)."""
 
     max_steps: int = 1000
     max_epochs: int | None = None
@@ -71,6 +73,7 @@ class TrainerConfig:
     deterministic: bool = False
     throughput_warmup_steps: int = 10
     ema_decay: float | None = None
+    cuda_graph: bool = False
 
 
 USAGE = """usage: python -m recipes.{job} [--config NAME_OR_PATH] [key=value ...]
@@ -304,11 +307,13 @@ def build_trainer(
         if str(trainer_cfg.strategy).startswith(SHARDED_STRATEGY_NAMES):
             raise ConfigError(WeightEMA.sharded_error(trainer_cfg.strategy))
         callbacks.append(WeightEMA(trainer_cfg.ema_decay))
+    if trainer_cfg.cuda_graph:
+        callbacks.append(CUDAGraphTrainingCallback())
     if trainer_cfg.enable_progress_bar:
         callbacks.append(RichProgressBar())
     # None is meaningful to Lightning here (e.g. check_val_every_n_epoch=None validates across epoch boundaries).
     kwargs = dict(vars(trainer_cfg))
-    del kwargs["throughput_warmup_steps"], kwargs["ema_decay"]
+    del kwargs["throughput_warmup_steps"], kwargs["ema_decay"], kwargs["cuda_graph"]
     kwargs["strategy"] = build_strategy(trainer_cfg.strategy)
     return pl.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks, **kwargs)
 
@@ -475,6 +480,8 @@ def adamw_warmup_cosine(
     """AdamW + per-step warm-up/cosine schedule, as `configure_optimizers` returns it.
 
     `total_steps` is read at every step, so a `TimeBudget` that shortens training also shortens the schedule.
+    Not `fused=True`: Lightning's mixed-precision plugin refuses gradient clipping with an optimizer that unscales
+    gradients itself, which the fused AdamW declares (an H100 run with `gradient_clip_val` stopped at the first step).
     """
     optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -21,7 +21,7 @@ on an H100.)
 
 x, out, dout and dx are addressed through (batch, channel, time) strides, so time-major memory and channel-last memory
 (a transposed `[batch, seqlen, dim]`, channel stride 1, as the mixer's in_proj gives it) both go through without a
-copy; out and dx take x's layout. Tile shapes are per layout (CONFIGS); both backward passes use the "bwd" one.
+copy; out and dx take x's layout. Tile shapes are per layout and pass (CONFIGS).
 """
 
 from __future__ import annotations
@@ -36,12 +36,16 @@ __all__ = ["causal_conv1d"]
 
 # Tile shapes per pass and memory layout, the fastest of `benchmarks/kernels.py --sweep-conv` on an H100 (GPU time of
 # (8, 1536, 2048) bf16, CUDA graphs; see kernels/NOTES.md). Time-major = time at unit stride; channel-last = channels
-# at unit stride (the mixer's in_proj views): wide channel blocks, short time tiles.
+# at unit stride (e.g. a transposed `[batch, seqlen, dim]`): wide channel blocks, short time tiles. The backward's two
+# passes ("bwd_dpre": dpre, dw, dbias; "bwd_dx": dx from dpre) have a tile each; the time-major ones are session 13's
+# sweep at (8, 2048, 2048) and (8, 1536, 2048), the mixer's shapes in a 370M and a 130M training step.
 CONFIGS = {
     "fwd": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4),
-    "bwd": dict(BLOCK_D=16, BLOCK_L=64, num_warps=2),
+    "bwd_dpre": dict(BLOCK_D=8, BLOCK_L=128, num_warps=4),
+    "bwd_dx": dict(BLOCK_D=4, BLOCK_L=256, num_warps=2),
     "fwd_channel_last": dict(BLOCK_D=128, BLOCK_L=16, num_warps=4),
-    "bwd_channel_last": dict(BLOCK_D=32, BLOCK_L=64, num_warps=4),
+    "bwd_dpre_channel_last": dict(BLOCK_D=32, BLOCK_L=64, num_warps=4),
+    "bwd_dx_channel_last": dict(BLOCK_D=32, BLOCK_L=64, num_warps=4),
 }
 
 
@@ -161,23 +165,27 @@ def _causal_conv1d_bwd_dpre_kernel(
     init_rows = init_ptr + pid_b * stride_init_b + offs_d64[:, None] * stride_init_d if HAS_INITIAL_STATE else init_ptr
     dout_ptrs = dout_ptr + pid_b * stride_dout_b + offs_d64[:, None] * stride_dout_d + s64 * stride_dout_l
     dpre = tl.load(dout_ptrs, mask=mask_s, other=0.0).to(tl.float32)  # [BLOCK_D, BLOCK_L]
+    # The W shifted taps xp[s - (W-1) + j] are loaded once and kept (a tuple of `[BLOCK_D, BLOCK_L]` tiles) for both
+    # the pre-activation and dw. Loading them again for dw, as an earlier version did, doubled the shifted loads,
+    # which are element-wide because a shift breaks the vector alignment (96 two-byte loads a thread).
+    taps = ()
+    for j in tl.static_range(WIDTH):
+        taps = taps + (_load_xp(x_rows, stride_x_l, init_rows, s - (WIDTH - 1) + j, seqlen, mask_d, WIDTH,
+                                HAS_INITIAL_STATE),)  # fmt: skip
     if SILU:
         pre = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
         if HAS_BIAS:
             pre += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
         for j in tl.static_range(WIDTH):
             w_j = tl.load(w_ptr + offs_d64 * stride_w_d + j, mask=mask_d, other=0.0).to(tl.float32)
-            xj = _load_xp(x_rows, stride_x_l, init_rows, s - (WIDTH - 1) + j, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
-            pre += w_j[:, None] * xj
+            pre += w_j[:, None] * taps[j]
         sig = tl.sigmoid(pre)
         dpre = dpre * sig * (1.0 + pre * (1.0 - sig))
         dpre_ptrs = dpre_ptr + pid_b * stride_dpre_b + offs_d64[:, None] * stride_dpre_d + s64 * stride_dpre_l
         tl.store(dpre_ptrs, dpre, mask=mask_s)
-    # The same shifted tiles of x again (L1/L2 hits): keeping WIDTH tiles live across the sigmoid costs registers.
     dw = tl.zeros([BLOCK_D, BLOCK_W], dtype=tl.float32)
     for j in tl.static_range(WIDTH):
-        xj = _load_xp(x_rows, stride_x_l, init_rows, s - (WIDTH - 1) + j, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
-        dw += tl.where(offs_w[None, :] == j, tl.sum(dpre * xj, axis=1)[:, None], 0.0)
+        dw += tl.where(offs_w[None, :] == j, tl.sum(dpre * taps[j], axis=1)[:, None], 0.0)
     tl.atomic_add(
         dw_ptr + offs_d64[:, None] * WIDTH + offs_w[None, :],
         dw,
@@ -210,17 +218,40 @@ def _causal_conv1d_bwd_dx_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
-    # Backward pass 2, over input positions t (from -(W-1): the initial state's steps):
-    # dx[t] = sum_k w[k] * dpre[t + (W-1-k)], plus d final_state where t is one of the last W-1 steps.
+    # Backward pass 2, over input positions t: dx[t] = sum_k w[k] * dpre[t + (W-1-k)], plus d final_state where t is
+    # one of the last W-1 steps. The tiles of x's own steps start at multiples of BLOCK_L, so the dx stores and the
+    # unshifted dpre tap are aligned vector accesses (tiles that started W-1 steps early, to cover the initial state
+    # too, made every dx store a 2-byte one). With an initial state, one extra program (the last) takes its W-1 steps.
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
-    t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L) - (WIDTH - 1)  # [BLOCK_L], positions of xp (may be < 0)
     mask_d = offs_d < dim
     offs_d64 = offs_d.to(tl.int64)
-    dpre_rows = dpre_ptr + pid_b * stride_dpre_b + offs_d64[:, None] * stride_dpre_d
+    n_tiles = tl.cdiv(seqlen, BLOCK_L)
+    if pid_l < n_tiles:
+        t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L], positions of x
+        dx = _dx_tile(dpre_ptr, dfinal_ptr, w_ptr, t, pid_b, offs_d64, mask_d, dim, seqlen, stride_w_d, stride_dpre_b,
+                      stride_dpre_d, stride_dpre_l, WIDTH, HAS_DFINAL, BLOCK_D, BLOCK_L)  # fmt: skip
+        dx_rows = dx_ptr + pid_b * stride_dx_b + offs_d64[:, None] * stride_dx_d
+        tl.store(dx_rows + t.to(tl.int64)[None, :] * stride_dx_l, dx.to(dx_ptr.dtype.element_ty),
+                 mask=mask_d[:, None] & (t < seqlen)[None, :])  # fmt: skip
+    if HAS_INITIAL_STATE:  # noqa: SIM102 - a constexpr, resolved at compile time; `and` with a tensor is not
+        if pid_l == n_tiles:
+            t = tl.arange(0, BLOCK_L) - (WIDTH - 1)  # [BLOCK_L], the initial state's steps are t < 0
+            dx = _dx_tile(dpre_ptr, dfinal_ptr, w_ptr, t, pid_b, offs_d64, mask_d, dim, seqlen, stride_w_d,
+                          stride_dpre_b, stride_dpre_d, stride_dpre_l, WIDTH, HAS_DFINAL, BLOCK_D, BLOCK_L)  # fmt: skip
+            dinit_rows = dinit_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1) + (WIDTH - 1)
+            tl.store(dinit_rows + t[None, :], dx, mask=mask_d[:, None] & (t < 0)[None, :])
 
+
+@triton.jit
+def _dx_tile(
+    dpre_ptr, dfinal_ptr, w_ptr, t, pid_b, offs_d64, mask_d, dim, seqlen, stride_w_d, stride_dpre_b, stride_dpre_d,
+    stride_dpre_l, WIDTH: tl.constexpr, HAS_DFINAL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):  # fmt: skip
+    """dx at positions `t` `[BLOCK_L]` (may be < 0: the initial state's steps) of `BLOCK_D` channels, fp32."""
+    dpre_rows = dpre_ptr + pid_b * stride_dpre_b + offs_d64[:, None] * stride_dpre_d
     dx = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
     for k in tl.static_range(WIDTH):
         s = t + (WIDTH - 1 - k)  # [BLOCK_L], the output position that tap k of xp[t] feeds
@@ -228,18 +259,12 @@ def _causal_conv1d_bwd_dx_kernel(
         dpre = tl.load(dpre_rows + s.to(tl.int64)[None, :] * stride_dpre_l, mask=mask_s, other=0.0).to(tl.float32)
         w_k = tl.load(w_ptr + offs_d64 * stride_w_d + k, mask=mask_d, other=0.0).to(tl.float32)
         dx += w_k[:, None] * dpre
-
     if HAS_DFINAL:
         j = t - (seqlen - (WIDTH - 1))  # index into the final state
         mask_f = mask_d[:, None] & ((j >= 0) & (t < seqlen))[None, :]
         dfin_rows = dfinal_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1)
         dx += tl.load(dfin_rows + j[None, :], mask=mask_f, other=0.0).to(tl.float32)
-
-    dx_ptrs = dx_ptr + pid_b * stride_dx_b + offs_d64[:, None] * stride_dx_d + t.to(tl.int64)[None, :] * stride_dx_l
-    tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask_d[:, None] & ((t >= 0) & (t < seqlen))[None, :])
-    if HAS_INITIAL_STATE:
-        dinit_rows = dinit_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1) + (WIDTH - 1)
-        tl.store(dinit_rows + t[None, :], dx, mask=mask_d[:, None] & (t < 0)[None, :])
+    return dx
 
 
 def _final_state(x: torch.Tensor, initial_state: torch.Tensor | None, width: int) -> torch.Tensor:
@@ -300,7 +325,7 @@ def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
     dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
     dbias = torch.zeros(dim, device=x.device, dtype=torch.float32) if bias is not None else None
     dinit = empty(batch, dim, width - 1, device=x.device, dtype=torch.float32) if init is not None else None
-    cfg = _config("bwd", x)
+    cfg = _config("bwd_dpre", x)
     init_strides = (init.stride(0), init.stride(1)) if init is not None else (0, 0)
     # Pass 1 stores dpre (in x's layout, in dout's dtype: bf16 in training halves the round trip between the passes;
     # dw/dbias are summed from the fp32 values before the store, so only dx sees the rounding) only with the SiLU;
@@ -331,7 +356,14 @@ def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
             BLOCK_W=triton.next_power_of_2(width),
             **cfg,
         )
-    grid = (triton.cdiv(seqlen + width - 1, cfg["BLOCK_L"]), triton.cdiv(dim, cfg["BLOCK_D"]), batch)
+    cfg = _config("bwd_dx", x)
+    if cfg["BLOCK_L"] < width - 1:
+        raise ValueError(
+            f"causal_conv1d: bwd_dx BLOCK_L {cfg['BLOCK_L']} must cover the initial state's {width - 1} steps"
+        )
+    # x's tiles, and with an initial state one more program for its steps (see the kernel).
+    n_programs = triton.cdiv(seqlen, cfg["BLOCK_L"]) + (init is not None)
+    grid = (max(n_programs, 1), triton.cdiv(dim, cfg["BLOCK_D"]), batch)  # an empty sequence: one idle program
     _causal_conv1d_bwd_dx_kernel[grid](
         dpre,
         dfinal,

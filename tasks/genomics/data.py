@@ -131,10 +131,10 @@ class PretrainDataModule(pl.LightningDataModule):
             source=source,
         )  # fmt: skip
 
-    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Sampler | None = None, drop_last: bool = False) -> DataLoader:
         return DataLoader(
             dataset, batch_size=self.cfg.batch_size, sampler=sampler, num_workers=self.cfg.num_workers,
-            persistent_workers=self.cfg.num_workers > 0,
+            persistent_workers=self.cfg.num_workers > 0, drop_last=drop_last,
         )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
@@ -142,12 +142,14 @@ class PretrainDataModule(pl.LightningDataModule):
         # world_size-th item (Lightning's own sampler would shuffle), so global batch k holds the same windows on any
         # number of devices: a run reproduces across device counts.
         trainer = self.trainer
+        # Training batches all have batch_size windows (a short last one would be a different shape for a CUDA graph
+        # and a noisier step); the windows are random draws, so none is lost for good.
         if trainer is None or trainer.world_size == 1:
-            return self._loader(self.train_set)
+            return self._loader(self.train_set, drop_last=True)
         sampler = DistributedSampler(
             self.train_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False, drop_last=True
         )
-        return self._loader(self.train_set, sampler)
+        return self._loader(self.train_set, sampler, drop_last=True)
 
     def val_dataloader(self) -> list[DataLoader]:
         # With several processes each window is scored once over all ranks (`tasks.distributed.eval_shards`).
