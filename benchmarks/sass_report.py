@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Opcodes worth a column: floating point, special functions (exp2/log2/rcp), shuffles, memory, integer/address work.
 KEY_OPCODES = (
-    "FFMA", "FMUL", "FADD", "MUFU", "SHFL", "LDG", "STG", "LDS", "STS", "LDL", "STL", "RED", "BAR",
+    "FFMA", "FMUL", "FADD", "MUFU", "SHFL", "LDG", "STG", "LDS", "STS", "LDL", "STL", "REDG", "BAR",
     "PRMT", "SHF", "IMAD", "IADD3", "LEA", "FSEL",
 )  # fmt: skip
 _NVIDIA_BIN = Path(triton.backends.nvidia.__file__).parent / "bin"

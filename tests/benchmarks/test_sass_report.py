@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from benchmarks.sass_report import conv_reports, scan_reports
+from benchmarks.sass_report import KEY_OPCODES, conv_reports, scan_reports
+from kernels.causal_conv1d import conv
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") == "1", reason="compiles for a GPU target; the interpreter compiles nothing"
@@ -43,3 +44,13 @@ def test_conv_kernels_compile_and_list_their_memory_accesses_by_width():
         assert sum(r.memory.values()) == r.opcodes["LDG"] + r.opcodes["STG"] + r.opcodes["REDG"], r.line()
         assert any(name.startswith("LDG.E") for name in r.memory), r.line()
     assert any(name.startswith("REDG") for name in reports["conv bwd dpre"].memory), "dw/dbias are summed by atomics"
+    assert "REDG" in KEY_OPCODES and reports["conv bwd dpre"].opcodes["REDG"] > 0, "the atomics column counts REDG"
+
+
+def test_conv_bwd_pass1_loads_each_shifted_tap_once():
+    # Pass 1 keeps its W taps for both the pre-activation and dw (kernels/NOTES.md, session 13). The three shifted
+    # taps (width 4) are misaligned, so each of their elements is a two-byte load: 3 per element a thread owns, not 6.
+    cfg = conv.CONFIGS["bwd_dpre"]
+    per_thread = cfg["BLOCK_D"] * cfg["BLOCK_L"] // (32 * cfg["num_warps"])
+    dpre = next(r for r in conv_reports(2, 64, 256) if r.name.startswith("conv bwd dpre"))
+    assert 0 < dpre.memory["LDG.E.U16"] <= 3 * per_thread, dpre.line()
