@@ -73,7 +73,7 @@ def matmul_in(
     writes its fp32 accumulator directly, instead of a bf16 product that is then cast (two more passes). With `out`
     (contiguous, `out_dtype`; e.g. a row block of a larger gradient) the product is written there."""
     if _mixed_precision_gemm(a, out_dtype):
-        return torch.mm(a, b, out_dtype=out_dtype, out=out) if out is not None else torch.mm(a, b, out_dtype=out_dtype)
+        return torch.mm(a, b, out_dtype=out_dtype, out=out)  # out=None: the overload that allocates
     if out is not None:
         return out.copy_(a @ b)
     return (a @ b).to(out_dtype)

@@ -156,59 +156,58 @@ class _Recorder:
         return launch
 
 
+@contextlib.contextmanager
+def _recording(module, names: dict[str, str], **overrides):
+    """Within: `module`'s kernels (attribute -> report name in `names`) compile for sm_90 instead of launching, each
+    compile adding a Report to the yielded list; `overrides` replace other attributes of `module` meanwhile."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("TRITON_INTERPRET=1 runs kernels in Python and compiles nothing: unset it for sass_report")
+    reports: list[Report] = []
+    saved = {attr: getattr(module, attr) for attr in (*names, *overrides)}
+    for attr, name in names.items():
+        setattr(module, attr, _Recorder(saved[attr], name, reports))
+    for attr, value in overrides.items():
+        setattr(module, attr, value)
+    try:
+        with sm90_target():
+            yield reports
+    finally:
+        for attr, value in saved.items():
+            setattr(module, attr, value)
+
+
 def scan_reports(batch: int, dim: int, seqlen: int, dstate: int, sms: int = 132) -> list[Report]:
     """The selective scan's kernels as the launchers configure them for this shape on a GPU of `sms` SMs (132: an
     H100; segments and channel blocks follow from it), with bf16 inputs, D, z, delta_bias and softplus: the mixer's
     call."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        raise RuntimeError("TRITON_INTERPRET=1 runs kernels in Python and compiles nothing: unset it for sass_report")
     from kernels.selective_scan import scan
 
-    reports: list[Report] = []
-    names = {"_selective_scan_fwd_kernel": "scan fwd", "_selective_scan_bwd_kernel": "scan bwd"}
-    names["_segment_carry_kernel"] = "segment carry"
-    saved = {attr: getattr(scan, attr) for attr in (*names, "_num_sms")}
-    for attr, name in names.items():
-        setattr(scan, attr, _Recorder(saved[attr], name, reports))
-    scan._num_sms = lambda device: sms
-    try:
+    names = {"_selective_scan_fwd_kernel": "scan fwd", "_selective_scan_bwd_kernel": "scan bwd",
+             "_segment_carry_kernel": "segment carry"}  # fmt: skip
+    with _recording(scan, names, _num_sms=lambda device: sms) as reports:
         bf16 = dict(dtype=torch.bfloat16)
         u, delta, z = (torch.randn(batch, dim, seqlen, **bf16) for _ in range(3))
         B, C = (torch.randn(batch, dstate, seqlen, **bf16) for _ in range(2))
         A, D, bias = -torch.rand(dim, dstate), torch.randn(dim), torch.randn(dim)
-        with sm90_target():
-            scan._selective_scan_fwd(u, delta, A, B, C, D, z, bias, None, True, True)
-            states = torch.zeros(batch, dim, scan._n_chunks(seqlen, dstate), dstate)
-            scan._selective_scan_bwd(torch.randn_like(u), None, u, delta, A, B, C, D, z, bias, None, states, True)
-    finally:
-        for attr, value in saved.items():
-            setattr(scan, attr, value)
+        scan._selective_scan_fwd(u, delta, A, B, C, D, z, bias, None, True, True)
+        states = torch.zeros(batch, dim, scan._n_chunks(seqlen, dstate), dstate)
+        scan._selective_scan_bwd(torch.randn_like(u), None, u, delta, A, B, C, D, z, bias, None, states, True)
     return reports
 
 
 def conv_reports(batch: int, dim: int, seqlen: int, width: int = 4) -> list[Report]:
     """The causal conv's kernels (forward, backward pass 1: dpre/dw/dbias, pass 2: dx) as the launchers configure them,
     for the mixer's call: bf16 x `(B, D, L)` with time at unit stride, bias, SiLU."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        raise RuntimeError("TRITON_INTERPRET=1 runs kernels in Python and compiles nothing: unset it for sass_report")
     from kernels.causal_conv1d import conv
 
-    reports: list[Report] = []
     names = {"_causal_conv1d_fwd_kernel": "conv fwd", "_causal_conv1d_bwd_dpre_kernel": "conv bwd dpre",
              "_causal_conv1d_bwd_dx_kernel": "conv bwd dx"}  # fmt: skip
-    saved = {attr: getattr(conv, attr) for attr in names}
-    for attr, name in names.items():
-        setattr(conv, attr, _Recorder(saved[attr], name, reports))
-    try:
+    with _recording(conv, names) as reports:
         # The mixer's layout: a channel-major [D, B L] matrix viewed as (B, D, L).
         x = torch.randn(dim, batch * seqlen, dtype=torch.bfloat16).unflatten(1, (batch, seqlen)).transpose(0, 1)
         weight, bias = torch.randn(dim, width), torch.randn(dim)
-        with sm90_target():
-            conv._causal_conv1d_fwd(x, weight, bias, None, True, False)
-            conv._causal_conv1d_bwd(torch.randn_like(x), None, x, weight, bias, None, True)
-    finally:
-        for attr, value in saved.items():
-            setattr(conv, attr, value)
+        conv._causal_conv1d_fwd(x, weight, bias, None, True, False)
+        conv._causal_conv1d_bwd(torch.randn_like(x), None, x, weight, bias, None, True)
     return reports
 
 
