@@ -53,6 +53,15 @@ def _config(kind: str, x: torch.Tensor) -> dict:
     return dict(CONFIGS[f"{kind}_channel_last" if channel_last(x) else kind])
 
 
+def _lane_shifts(x: torch.Tensor, width: int, cfg: dict) -> dict:
+    """VEC / LOG2_VEC for the kernels: the steps in one 16-byte vector when the shifted taps are built from aligned
+    vector loads (time-major x, all W-1 shifts within one vector), else VEC 0 (a load per tap)."""
+    vec = 16 // x.element_size()
+    if channel_last(x) or width - 1 > vec or cfg["BLOCK_L"] % vec:
+        return dict(VEC=0, LOG2_VEC=0)
+    return dict(VEC=vec, LOG2_VEC=vec.bit_length() - 1)
+
+
 @triton.jit
 def _load_xp(x_rows, stride_x_l, init_rows, p, seqlen, mask_d, WIDTH: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr):
     """`xp[p]` as fp32 `[BLOCK_D, BLOCK_L]`: x where `0 <= p < seqlen`, the initial state where `p < 0`, else 0."""
@@ -65,6 +74,83 @@ def _load_xp(x_rows, stride_x_l, init_rows, p, seqlen, mask_d, WIDTH: tl.constex
         val += hist.to(tl.float32)
     return val
 
+
+@triton.jit
+def _halves(x):
+    """`[R, N, W]` -> the steps `[0, W/2)` and `[W/2, W)` of each vector, two `[R, N, W/2]` (register renaming when
+    W is inside each thread, as in a vectorised load)."""
+    R: tl.constexpr = x.shape[0]
+    N: tl.constexpr = x.shape[1]
+    W: tl.constexpr = x.shape[2]
+    lo, hi = tl.split(tl.permute(tl.reshape(x, [R, N, 2, W // 2]), [0, 1, 3, 2]))
+    return lo, hi
+
+
+@triton.jit
+def _concat(lo, hi):
+    """The inverse of `_halves`: two `[R, N, W]` -> `[R, N, 2W]`."""
+    R: tl.constexpr = lo.shape[0]
+    N: tl.constexpr = lo.shape[1]
+    W: tl.constexpr = lo.shape[2]
+    return tl.reshape(tl.permute(tl.join(lo, hi), [0, 1, 3, 2]), [R, N, 2 * W])
+
+
+@triton.jit
+def _lanes(x, VEC: tl.constexpr, LOG2_VEC: tl.constexpr):
+    """`[R, L]` -> a tuple of VEC `[R, L/VEC, 1]`: entry v holds steps v, VEC + v, 2 VEC + v, ..."""
+    parts = (tl.reshape(x, [x.shape[0], x.shape[1] // VEC, VEC]),)
+    for level in tl.static_range(LOG2_VEC):
+        split = ()
+        for i in tl.static_range(1 << level):
+            lo, hi = _halves(parts[i])
+            split = split + (lo, hi)
+        parts = split
+    return parts
+
+
+@triton.jit
+def _shifted(cur, other, SHIFT: tl.constexpr, VEC: tl.constexpr, LOG2_VEC: tl.constexpr):
+    """`y[:, t] = x[:, t - SHIFT]` `[R, L]` for `0 < |SHIFT| <= VEC`, from `cur = x[:, t]` and `other = x[:, t - VEC]`
+    (SHIFT > 0) or `x[:, t + VEC]` (SHIFT < 0), both `[R, L]`, L a multiple of VEC.
+
+    A load at a shift that is not a multiple of the vector breaks its alignment, so it issues one 2-byte load per
+    element (48 a thread for the three taps of a width-4 conv). Here both inputs are aligned vector loads and the
+    shifted tile is assembled from their lanes inside each thread: which lane lands where is known at compile time,
+    so the split and the joins are register renaming."""
+    cur_lanes = _lanes(cur, VEC, LOG2_VEC)
+    other_lanes = _lanes(other, VEC, LOG2_VEC)
+    parts = ()
+    for v in tl.static_range(VEC):
+        if v - SHIFT >= 0 and v - SHIFT < VEC:
+            parts = parts + (cur_lanes[v - SHIFT],)
+        else:
+            parts = parts + (other_lanes[(v - SHIFT + VEC) % VEC],)
+    for level in tl.static_range(LOG2_VEC):
+        joined = ()
+        for i in tl.static_range(VEC >> (level + 1)):
+            joined = joined + (_concat(parts[2 * i], parts[2 * i + 1]),)
+        parts = joined
+    return tl.reshape(parts[0], [cur.shape[0], cur.shape[1]])
+
+
+
+@triton.jit
+def _taps(x_rows, stride_x_l, init_rows, t, seqlen, mask_d, WIDTH: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr,
+          VEC: tl.constexpr, LOG2_VEC: tl.constexpr):  # fmt: skip
+    """The W taps of output positions `t` `[BLOCK_L]`: a tuple, entry k `xp[t - (W-1) + k]` fp32 `[BLOCK_D, BLOCK_L]`.
+    With VEC (time-major x), two aligned vector loads and lanes moved in registers (`_shifted`); else a load a tap."""
+    taps = ()
+    if VEC > 0:
+        cur = _load_xp(x_rows, stride_x_l, init_rows, t, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
+        prev = _load_xp(x_rows, stride_x_l, init_rows, t - VEC, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
+        for k in tl.static_range(WIDTH - 1):
+            taps = taps + (_shifted(cur, prev, WIDTH - 1 - k, VEC, LOG2_VEC),)
+        taps = taps + (cur,)
+    else:
+        for k in tl.static_range(WIDTH):
+            taps = taps + (_load_xp(x_rows, stride_x_l, init_rows, t - (WIDTH - 1) + k, seqlen, mask_d, WIDTH,
+                                    HAS_INITIAL_STATE),)  # fmt: skip
+    return taps
 
 @triton.jit
 def _causal_conv1d_fwd_kernel(
@@ -90,6 +176,8 @@ def _causal_conv1d_fwd_kernel(
     SILU: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    VEC: tl.constexpr,
+    LOG2_VEC: tl.constexpr,
 ):
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -104,10 +192,10 @@ def _causal_conv1d_fwd_kernel(
     acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    taps = _taps(x_rows, stride_x_l, init_rows, t, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE, VEC, LOG2_VEC)
     for k in tl.static_range(WIDTH):
         w_k = tl.load(w_ptr + offs_d64 * stride_w_d + k, mask=mask_d, other=0.0).to(tl.float32)  # [BLOCK_D]
-        xp = _load_xp(x_rows, stride_x_l, init_rows, t - (WIDTH - 1) + k, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
-        acc += w_k[:, None] * xp
+        acc += w_k[:, None] * taps[k]
     if SILU:
         acc = acc * tl.sigmoid(acc)
     out_ptrs = (
@@ -147,6 +235,8 @@ def _causal_conv1d_bwd_dpre_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_L: tl.constexpr,
     BLOCK_W: tl.constexpr,
+    VEC: tl.constexpr,
+    LOG2_VEC: tl.constexpr,
 ):
     # Backward pass 1, over output positions s: dpre[s] = dout[s] * silu'(pre[s]) (stored in dout's dtype when SILU),
     # and the weight and bias gradients dw[j] += sum_s dpre[s] * xp[s - (W-1) + j], dbias += sum_s dpre[s] (from the
@@ -168,10 +258,7 @@ def _causal_conv1d_bwd_dpre_kernel(
     # The W shifted taps xp[s - (W-1) + j] are loaded once and kept (a tuple of `[BLOCK_D, BLOCK_L]` tiles) for both
     # the pre-activation and dw. Loading them again for dw, as an earlier version did, doubled the shifted loads,
     # which are element-wide because a shift breaks the vector alignment (96 two-byte loads a thread).
-    taps = ()
-    for j in tl.static_range(WIDTH):
-        taps = taps + (_load_xp(x_rows, stride_x_l, init_rows, s - (WIDTH - 1) + j, seqlen, mask_d, WIDTH,
-                                HAS_INITIAL_STATE),)  # fmt: skip
+    taps = _taps(x_rows, stride_x_l, init_rows, s, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE, VEC, LOG2_VEC)
     if SILU:
         pre = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
         if HAS_BIAS:
@@ -217,6 +304,8 @@ def _causal_conv1d_bwd_dx_kernel(
     HAS_DFINAL: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    VEC: tl.constexpr,
+    LOG2_VEC: tl.constexpr,
 ):
     # Backward pass 2, over input positions t: dx[t] = sum_k w[k] * dpre[t + (W-1-k)], plus d final_state where t is
     # one of the last W-1 steps. The tiles of x's own steps start at multiples of BLOCK_L, so the dx stores and the
@@ -232,7 +321,7 @@ def _causal_conv1d_bwd_dx_kernel(
     if pid_l < n_tiles:
         t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L], positions of x
         dx = _dx_tile(dpre_ptr, dfinal_ptr, w_ptr, t, pid_b, offs_d64, mask_d, dim, seqlen, stride_w_d, stride_dpre_b,
-                      stride_dpre_d, stride_dpre_l, WIDTH, HAS_DFINAL, BLOCK_D, BLOCK_L)  # fmt: skip
+                      stride_dpre_d, stride_dpre_l, WIDTH, HAS_DFINAL, BLOCK_D, BLOCK_L, VEC, LOG2_VEC)  # fmt: skip
         dx_rows = dx_ptr + pid_b * stride_dx_b + offs_d64[:, None] * stride_dx_d
         tl.store(dx_rows + t.to(tl.int64)[None, :] * stride_dx_l, dx.to(dx_ptr.dtype.element_ty),
                  mask=mask_d[:, None] & (t < seqlen)[None, :])  # fmt: skip
@@ -240,23 +329,35 @@ def _causal_conv1d_bwd_dx_kernel(
         if pid_l == n_tiles:
             t = tl.arange(0, BLOCK_L) - (WIDTH - 1)  # [BLOCK_L], the initial state's steps are t < 0
             dx = _dx_tile(dpre_ptr, dfinal_ptr, w_ptr, t, pid_b, offs_d64, mask_d, dim, seqlen, stride_w_d,
-                          stride_dpre_b, stride_dpre_d, stride_dpre_l, WIDTH, HAS_DFINAL, BLOCK_D, BLOCK_L)  # fmt: skip
+                          stride_dpre_b, stride_dpre_d, stride_dpre_l, WIDTH, HAS_DFINAL, BLOCK_D, BLOCK_L, VEC, LOG2_VEC)  # fmt: skip
             dinit_rows = dinit_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1) + (WIDTH - 1)
             tl.store(dinit_rows + t[None, :], dx, mask=mask_d[:, None] & (t < 0)[None, :])
 
+
+
+@triton.jit
+def _load_dpre(dpre_rows, stride_dpre_l, s, seqlen, mask_d):
+    """dpre at output positions `s` `[BLOCK_L]` as fp32 `[BLOCK_D, BLOCK_L]`, 0 outside `[0, seqlen)`."""
+    mask_s = mask_d[:, None] & ((s >= 0) & (s < seqlen))[None, :]
+    return tl.load(dpre_rows + s.to(tl.int64)[None, :] * stride_dpre_l, mask=mask_s, other=0.0).to(tl.float32)
 
 @triton.jit
 def _dx_tile(
     dpre_ptr, dfinal_ptr, w_ptr, t, pid_b, offs_d64, mask_d, dim, seqlen, stride_w_d, stride_dpre_b, stride_dpre_d,
     stride_dpre_l, WIDTH: tl.constexpr, HAS_DFINAL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    VEC: tl.constexpr, LOG2_VEC: tl.constexpr,
 ):  # fmt: skip
     """dx at positions `t` `[BLOCK_L]` (may be < 0: the initial state's steps) of `BLOCK_D` channels, fp32."""
     dpre_rows = dpre_ptr + pid_b * stride_dpre_b + offs_d64[:, None] * stride_dpre_d
     dx = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+    if VEC > 0:  # dpre[t] and dpre[t + VEC], aligned vector loads; the taps in between are built from their lanes
+        cur = _load_dpre(dpre_rows, stride_dpre_l, t, seqlen, mask_d)
+        nxt = _load_dpre(dpre_rows, stride_dpre_l, t + VEC, seqlen, mask_d)
     for k in tl.static_range(WIDTH):
-        s = t + (WIDTH - 1 - k)  # [BLOCK_L], the output position that tap k of xp[t] feeds
-        mask_s = mask_d[:, None] & ((s >= 0) & (s < seqlen))[None, :]
-        dpre = tl.load(dpre_rows + s.to(tl.int64)[None, :] * stride_dpre_l, mask=mask_s, other=0.0).to(tl.float32)
+        if VEC > 0:
+            dpre = cur if k == WIDTH - 1 else _shifted(cur, nxt, k - (WIDTH - 1), VEC, LOG2_VEC)
+        else:
+            dpre = _load_dpre(dpre_rows, stride_dpre_l, t + (WIDTH - 1 - k), seqlen, mask_d)
         w_k = tl.load(w_ptr + offs_d64 * stride_w_d + k, mask=mask_d, other=0.0).to(tl.float32)
         dx += w_k[:, None] * dpre
     if HAS_DFINAL:
@@ -306,6 +407,7 @@ def _causal_conv1d_fwd(x, weight, bias, initial_state, silu, return_final_state)
             HAS_BIAS=bias is not None,
             HAS_INITIAL_STATE=initial_state is not None,
             SILU=silu,
+            **_lane_shifts(x, width, cfg),
             **cfg,
         )
     final = _final_state(x, initial_state, width) if return_final_state else x.new_empty(0)
@@ -354,6 +456,7 @@ def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
             HAS_INITIAL_STATE=init is not None,
             SILU=silu,
             BLOCK_W=triton.next_power_of_2(width),
+            **_lane_shifts(x, width, cfg),
             **cfg,
         )
     cfg = _config("bwd_dx", x)
@@ -378,6 +481,7 @@ def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
         WIDTH=width,
         HAS_INITIAL_STATE=init is not None,
         HAS_DFINAL=dfinal is not None,
+        **_lane_shifts(dpre, width, cfg),
         **cfg,
     )
     return (

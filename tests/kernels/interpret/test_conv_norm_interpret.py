@@ -115,6 +115,37 @@ def test_conv_channel_last_across_tiles(conv_spies, monkeypatch, width):
     check_conv_channel_last(conv_spies, width, 40, torch.float32)
 
 
+@pytest.mark.parametrize("seqlen", [40, 37])
+@pytest.mark.parametrize(
+    ("dtype", "width"),
+    [(torch.bfloat16, 2), (torch.bfloat16, 4), (torch.bfloat16, 7), (torch.float32, 4), (torch.float32, 5)],
+    ids=["bf16-w2", "bf16-w4", "bf16-w7", "fp32-w4", "fp32-w5"],
+)
+def test_conv_time_major_lane_shifts_across_tiles(monkeypatch, dtype, width, seqlen):
+    # Time-major x: every pass builds its shifted taps from two aligned vector loads (the tile and the vector before
+    # or after it, `conv._shifted`). Small tiles put those neighbour vectors in the next or previous tile and in the
+    # initial state; seqlen 37 ends inside a vector; dim 5 leaves a partial channel block.
+    monkeypatch.setattr(conv, "CONFIGS", {k: dict(BLOCK_D=4, BLOCK_L=16, num_warps=1) for k in conv.CONFIGS})
+    names = ("_causal_conv1d_fwd_kernel", "_causal_conv1d_bwd_dpre_kernel", "_causal_conv1d_bwd_dx_kernel")
+    spies = {name: LaunchSpy(getattr(conv, name)) for name in names}
+    for name, spy in spies.items():
+        monkeypatch.setattr(conv, name, spy)
+    batch, dim = 2, 5
+    tensors = dict(
+        x=torch.randn(batch, dim, seqlen).to(dtype),
+        weight=torch.randn(dim, width) / width,
+        bias=torch.randn(dim),
+        initial_state=torch.randn(batch, dim, width - 1).to(dtype),
+    )
+    upstream = [torch.randn(batch, dim, seqlen).to(dtype), torch.randn(batch, dim, width - 1).to(dtype)]
+    compare(
+        kernels.causal_conv1d, conv_ref.causal_conv1d, tensors, upstream, activation="silu", return_final_state=True
+    )
+    vec = 16 // tensors["x"].element_size()
+    for name, spy in spies.items():
+        assert [c["VEC"] for c in spy.constants] == [vec], f"{name} did not take the lane-shift path: {spy.constants}"
+
+
 def test_conv_time_major_outputs_stay_contiguous():
     tensors = dict(x=torch.randn(2, 3, 9), weight=torch.randn(3, 4))
     (out,), grads = compare(
