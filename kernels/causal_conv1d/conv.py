@@ -341,9 +341,9 @@ def _causal_conv1d_bwd_dpre_kernel(
     init_rows = init_ptr + pid_b * stride_init_b + offs_d64[:, None] * stride_init_d if HAS_INITIAL_STATE else init_ptr
     dout_ptrs = dout_ptr + pid_b * stride_dout_b + offs_d64[:, None] * stride_dout_d + s64 * stride_dout_l
     dpre = tl.load(dout_ptrs, mask=mask_s, other=0.0).to(tl.float32)  # [BLOCK_D, BLOCK_L]
-    # The W shifted taps xp[s - (W-1) + j] are loaded once and kept (a tuple of `[BLOCK_D, BLOCK_L]` tiles) for both
-    # the pre-activation and dw. Loading them again for dw, as an earlier version did, doubled the shifted loads,
-    # which are element-wide because a shift breaks the vector alignment (96 two-byte loads a thread).
+    # The W shifted taps xp[s - (W-1) + j] are built once and kept (a tuple of `[BLOCK_D, BLOCK_L]` tiles) for both
+    # the pre-activation and dw. (Without lane shifts each is a load at a shift, element-wide because the shift breaks
+    # the vector alignment; an earlier version loaded them twice: 96 two-byte loads a thread.)
     taps = _taps(x_rows, stride_x_l, init_rows, s, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE, VEC, LOG2_VEC)
     if SILU:
         pre = _pre_activation(taps, w_ptr, bias_ptr, offs_d, stride_w_d, mask_d, WIDTH, HAS_BIAS)
@@ -404,14 +404,10 @@ def _causal_conv1d_bwd_kernel(
     x_rows = x_ptr + pid_b * stride_x_b + offs_d64[:, None] * stride_x_d  # [BLOCK_D, 1]
     init_rows = init_ptr + pid_b * stride_init_b + offs_d64[:, None] * stride_init_d if HAS_INITIAL_STATE else init_ptr
     dout_rows = dout_ptr + pid_b * stride_dout_b + offs_d64[:, None] * stride_dout_d
-    dout = _load_dpre(dout_rows, stride_dout_l, t, seqlen, mask_d)  # [BLOCK_D, BLOCK_L] fp32, 0 past the end
-    dout_next_lanes = _lanes(_load_dpre(dout_rows, stride_dout_l, t + VEC, seqlen, mask_d), VEC, LOG2_VEC)
-    x_cur = _load_xp(x_rows, stride_x_l, init_rows, t, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
-    x_prev = _load_xp(x_rows, stride_x_l, init_rows, t - VEC, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
-    taps = ()
-    for k in tl.static_range(WIDTH - 1):
-        taps = taps + (_shifted(x_cur, x_prev, WIDTH - 1 - k, VEC, LOG2_VEC),)
-    taps = taps + (x_cur,)
+    dout = _load_steps(dout_rows, stride_dout_l, t, seqlen, mask_d)  # [BLOCK_D, BLOCK_L] fp32, 0 past the end
+    dout_next_lanes = _lanes(_load_steps(dout_rows, stride_dout_l, t + VEC, seqlen, mask_d), VEC, LOG2_VEC)
+    taps = _taps(x_rows, stride_x_l, init_rows, t, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE, VEC, LOG2_VEC)
+    x_cur = taps[WIDTH - 1]  # x at the tile's own positions
     if SILU:
         dpre = _silu_grad(dout, _pre_activation(taps, w_ptr, bias_ptr, offs_d, stride_w_d, mask_d, WIDTH, HAS_BIAS))
         # dpre at the vector after the tile, its first W-1 lanes only: the taps of lane v are lanes of x there
@@ -515,10 +511,11 @@ def _causal_conv1d_bwd_dx_kernel(
 
 
 @triton.jit
-def _load_dpre(dpre_rows, stride_dpre_l, s, seqlen, mask_d):
-    """dpre at output positions `s` `[BLOCK_L]` as fp32 `[BLOCK_D, BLOCK_L]`, 0 outside `[0, seqlen)`."""
+def _load_steps(rows, stride_l, s, seqlen, mask_d):
+    """A sequence (dout, dpre) at positions `s` `[BLOCK_L]` of `rows` `[BLOCK_D, 1]` as fp32 `[BLOCK_D, BLOCK_L]`, 0
+    outside `[0, seqlen)`."""
     mask_s = mask_d[:, None] & ((s >= 0) & (s < seqlen))[None, :]
-    return tl.load(dpre_rows + s.to(tl.int64)[None, :] * stride_dpre_l, mask=mask_s, other=0.0).to(tl.float32)
+    return tl.load(rows + s.to(tl.int64)[None, :] * stride_l, mask=mask_s, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -531,13 +528,13 @@ def _dx_tile(
     dpre_rows = dpre_ptr + pid_b * stride_dpre_b + offs_d64[:, None] * stride_dpre_d
     dx = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
     if VEC > 0:  # dpre[t] and dpre[t + VEC], aligned vector loads; the taps in between are built from their lanes
-        cur = _load_dpre(dpre_rows, stride_dpre_l, t, seqlen, mask_d)
-        nxt = _load_dpre(dpre_rows, stride_dpre_l, t + VEC, seqlen, mask_d)
+        cur = _load_steps(dpre_rows, stride_dpre_l, t, seqlen, mask_d)
+        nxt = _load_steps(dpre_rows, stride_dpre_l, t + VEC, seqlen, mask_d)
     for k in tl.static_range(WIDTH):
         if VEC > 0:
             dpre = cur if k == WIDTH - 1 else _shifted(cur, nxt, k - (WIDTH - 1), VEC, LOG2_VEC)
         else:
-            dpre = _load_dpre(dpre_rows, stride_dpre_l, t + (WIDTH - 1 - k), seqlen, mask_d)
+            dpre = _load_steps(dpre_rows, stride_dpre_l, t + (WIDTH - 1 - k), seqlen, mask_d)
         dx += _weight(w_ptr, offs_d64, stride_w_d, mask_d, k)[:, None] * dpre
     if HAS_DFINAL:
         dx += _dfinal_part(dfinal_ptr, t, pid_b, dim, offs_d64, mask_d, seqlen, WIDTH)
