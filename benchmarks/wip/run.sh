@@ -1,6 +1,9 @@
 # Session 14's branch on the device, GPU only (drop at the merge). Stage "ab" (~8 min): GPU tests, the conv A/B,
 # the one-pass tile sweep, 370M training steps head vs one-pass vs lanes. Stage "results" (~6 min): the committed
-# benchmark scripts. Carry .whl (omegaconf, biopython, soundfile wheels) and .data.
+# benchmark scripts. Carry .whl (omegaconf, biopython, soundfile wheels) and .data. main's conv comes from git; where
+# the device copy has no .git, write it first (`git show main:kernels/causal_conv1d/conv.py > scratch/conv_head.py`)
+# and carry scratch too.
+[ -f scratch/conv_head.py ] && export CONV_HEAD=$PWD/scratch/conv_head.py
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD MAMBALAB_DATA=$PWD/.data PYTHONUNBUFFERED=1
 L=$OUT/all.log
