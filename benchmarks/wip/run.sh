@@ -18,7 +18,7 @@ if [ "$1" = ab ]; then
   echo "tests done $SECONDS s" >> $L
   timeout 60 python benchmarks/wip/ab_conv.py tiles >> $L 2>&1
   echo "tiles done $SECONDS s" >> $L
-  left=$((560 - SECONDS))
+  left=$((500 - SECONDS))
   timeout $left python benchmarks/wip/ab_conv.py step $((left - 30)) one-pass,head,lanes 2 >> $L 2>&1
 else
   timeout 120 python benchmarks/kernels.py --only conv >> $L 2>&1
