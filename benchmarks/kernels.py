@@ -509,14 +509,18 @@ def sweep_conv(shape=(8, 1536, 2048), width=4):
     is timed as forward + backward with the other pass's tile fixed (the one swept before it, else the default)."""
     w = (torch.randn(shape[1], width, device="cuda") / width).requires_grad_()
     b = torch.randn(shape[1], device="cuda", requires_grad=True)
+    one_pass = conv.ONE_PASS_BACKWARD
     for layout in ("", "_channel_last"):
         x = sequence(*shape, device="cuda", dtype=torch.bfloat16, channel_last=bool(layout)).requires_grad_()
         dout = torch.randn_like(x)
-        for kind in ("fwd", "bwd_dpre", "bwd_dx"):
+        # Time-major: the one-pass backward ("bwd"), then the two passes it replaces (timed with it switched off).
+        for kind in ("fwd", "bwd", "bwd_dpre", "bwd_dx") if not layout else ("fwd", "bwd_dpre", "bwd_dx"):
+            conv.ONE_PASS_BACKWARD = kind == "bwd"
             key, results = kind + layout, []
             for block_d, block_l, warps in [(16, 128, 4), (8, 256, 4), (32, 64, 4), (64, 32, 4), (128, 16, 4),
                                             (64, 64, 8), (16, 64, 2), (8, 128, 2), (16, 32, 1), (32, 32, 2),
-                                            (8, 64, 1), (8, 128, 4), (4, 256, 2)]:  # fmt: skip
+                                            (8, 64, 1), (8, 128, 4), (4, 256, 2), (4, 512, 4),
+                                            (16, 256, 8)]:  # fmt: skip
                 conv.CONFIGS[key] = dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
                 if kind == "fwd":
                     with torch.no_grad():
@@ -531,6 +535,7 @@ def sweep_conv(shape=(8, 1536, 2048), width=4):
                 ROWS.append(dict(op=f"sweep conv {key}", shape=list(shape), impl="triton", us=round(us, 1),
                                  note=str(conv.CONFIGS[key])))  # fmt: skip
             conv.CONFIGS[key] = min(results, key=lambda r: r[0])[1]
+    conv.ONE_PASS_BACKWARD = one_pass
     print(f"sweep best: conv {conv.CONFIGS}", flush=True)
 
 
@@ -556,6 +561,7 @@ def write_results(args, quiet=False):
         date=time.strftime("%Y-%m-%d %H:%M:%S"),
         scan_configs=scan.CONFIGS,
         conv_configs=conv.CONFIGS,
+        conv_one_pass_backward=conv.ONE_PASS_BACKWARD,
     )
     dirs = [Path(__file__).resolve().parent / "results"] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
     text = merge_and_write(meta, ROWS, args.only, dirs)

@@ -196,18 +196,28 @@ def scan_reports(batch: int, dim: int, seqlen: int, dstate: int, sms: int = 132)
 
 
 def conv_reports(batch: int, dim: int, seqlen: int, width: int = 4) -> list[Report]:
-    """The causal conv's kernels (forward, backward pass 1: dpre/dw/dbias, pass 2: dx) as the launchers configure them,
-    for the mixer's call: bf16 x `(B, D, L)` with time at unit stride, bias, SiLU."""
+    """The causal conv's kernels as the launchers configure them, for the mixer's call: bf16 x `(B, D, L)` with time
+    at unit stride, bias, SiLU. Forward; the one-pass backward; and the two-pass backward (pass 1: dpre/dw/dbias,
+    pass 2: dx) that channel-last inputs take, here compiled with `ONE_PASS_BACKWARD` off."""
     from kernels.causal_conv1d import conv
 
-    names = {"_causal_conv1d_fwd_kernel": "conv fwd", "_causal_conv1d_bwd_dpre_kernel": "conv bwd dpre",
-             "_causal_conv1d_bwd_dx_kernel": "conv bwd dx"}  # fmt: skip
+    names = {
+        "_causal_conv1d_fwd_kernel": "conv fwd",
+        "_causal_conv1d_bwd_kernel": "conv bwd one-pass",
+        "_causal_conv1d_bwd_dpre_kernel": "conv bwd dpre",
+        "_causal_conv1d_bwd_dx_kernel": "conv bwd dx",
+    }
+    one_pass = conv.ONE_PASS_BACKWARD
     with _recording(conv, names) as reports:
         # The mixer's layout: a channel-major [D, B L] matrix viewed as (B, D, L).
         x = torch.randn(dim, batch * seqlen, dtype=torch.bfloat16).unflatten(1, (batch, seqlen)).transpose(0, 1)
         weight, bias = torch.randn(dim, width), torch.randn(dim)
         conv._causal_conv1d_fwd(x, weight, bias, None, True, False)
-        conv._causal_conv1d_bwd(torch.randn_like(x), None, x, weight, bias, None, True)
+        try:
+            for conv.ONE_PASS_BACKWARD in (True, False):
+                conv._causal_conv1d_bwd(torch.randn_like(x), None, x, weight, bias, None, True)
+        finally:
+            conv.ONE_PASS_BACKWARD = one_pass
     return reports
 
 

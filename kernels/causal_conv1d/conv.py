@@ -12,12 +12,21 @@ Backward, with `dpre[s] = dout[s] * act'(pre[s])` for `0 <= s < L` (0 elsewhere)
     dw[k]    = sum_{b, s} dpre[s] * xp[s - (W-1) + k]          dbias = sum_{b, s} dpre[s]
 
 Each program owns a `[BLOCK_D, BLOCK_L]` tile of one sequence. The shifted reads of x overlap between neighbouring
-taps and tiles and are served by the caches, so the forward moves about one read of x and one write of out. The
-backward runs in two passes: the first recomputes `pre` once per output position, stores `dpre` (in dout's dtype,
-with the SiLU; without it dpre is dout) and sums dw/dbias (fp32 atomics across programs); the second forms dx from W
-shifted reads of dpre. (One pass would need dpre at W shifted positions per tile: W recomputations of pre, W^2
-shifted loads of x and W sigmoids per element, which is what an earlier version did, at ~300 us for (8, 1536, 2048)
-on an H100.)
+taps and tiles and are served by the caches, so the forward moves about one read of x and one write of out.
+
+Time-major memory (time at unit stride, the mixer's layout): a tap shifted by 1..W-1 steps is not aligned to the
+16-byte vectors a thread loads, so loading it directly costs one 2-byte load per element. Instead each kernel loads
+its tile and the vector before (or after) it, both aligned, and assembles the shifted taps from their lanes in
+registers (`_lanes`, `_shifted`: reshape/split/join that only rename registers). The backward is then one pass
+(`_causal_conv1d_bwd_kernel`): dx at the tile needs dpre at the tile and at the first W-1 lanes of the vector after
+it, and those few lanes are recomputed from x instead of dpre making a round trip through memory.
+
+Channel-last memory (or widths past one vector, or `ONE_PASS_BACKWARD` off): a load per tap, and the backward in two
+passes: the first recomputes `pre` once per output position, stores `dpre` (in dout's dtype, with the SiLU; without
+it dpre is dout) and sums dw/dbias (fp32 atomics across programs); the second forms dx from W shifted reads of dpre.
+(A one-pass backward built from shifted loads needs dpre at W shifted positions per tile: W recomputations of pre,
+W^2 shifted loads of x and W sigmoids per element, which is what an earlier version did, at ~300 us for (8, 1536,
+2048) on an H100.)
 
 x, out, dout and dx are addressed through (batch, channel, time) strides, so time-major memory and channel-last memory
 (a transposed `[batch, seqlen, dim]`, channel stride 1, as the mixer's in_proj gives it) both go through without a
@@ -38,9 +47,11 @@ __all__ = ["causal_conv1d"]
 # (8, 1536, 2048) bf16, CUDA graphs; see kernels/NOTES.md). Time-major = time at unit stride; channel-last = channels
 # at unit stride (e.g. a transposed `[batch, seqlen, dim]`): wide channel blocks, short time tiles. The backward's two
 # passes ("bwd_dpre": dpre, dw, dbias; "bwd_dx": dx from dpre) have a tile each; the time-major ones are session 13's
-# sweep at (8, 2048, 2048) and (8, 1536, 2048), the mixer's shapes in a 370M and a 130M training step.
+# sweep at (8, 2048, 2048) and (8, 1536, 2048), the mixer's shapes in a 370M and a 130M training step. "bwd" is the
+# one-pass backward (session 14): pass 1's tile, not yet timed on a GPU (kernels/NOTES.md).
 CONFIGS = {
     "fwd": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4),
+    "bwd": dict(BLOCK_D=8, BLOCK_L=128, num_warps=4),
     "bwd_dpre": dict(BLOCK_D=8, BLOCK_L=128, num_warps=4),
     "bwd_dx": dict(BLOCK_D=4, BLOCK_L=256, num_warps=2),
     "fwd_channel_last": dict(BLOCK_D=128, BLOCK_L=16, num_warps=4),
@@ -49,8 +60,22 @@ CONFIGS = {
 }
 
 
+# The backward in one pass ("bwd" tile) where the taps come from lane shifts (time-major x), else in two passes. A
+# module switch so that benchmarks can time both in one process.
+ONE_PASS_BACKWARD = True
+
+
 def _config(kind: str, x: torch.Tensor) -> dict:
     return dict(CONFIGS[f"{kind}_channel_last" if channel_last(x) else kind])
+
+
+def _lane_shifts(x: torch.Tensor, width: int, cfg: dict) -> dict:
+    """VEC / LOG2_VEC for the kernels: the steps in one 16-byte vector when the shifted taps are built from aligned
+    vector loads (time-major x, all W-1 shifts within one vector), else VEC 0 (a load per tap)."""
+    vec = 16 // x.element_size()
+    if channel_last(x) or width - 1 > vec or cfg["BLOCK_L"] % vec:
+        return dict(VEC=0, LOG2_VEC=0)
+    return dict(VEC=vec, LOG2_VEC=vec.bit_length() - 1)
 
 
 @triton.jit
@@ -64,6 +89,159 @@ def _load_xp(x_rows, stride_x_l, init_rows, p, seqlen, mask_d, WIDTH: tl.constex
         hist = tl.load(init_rows + (WIDTH - 1 + p)[None, :], mask=mask_d[:, None] & in_state[None, :], other=0.0)
         val += hist.to(tl.float32)
     return val
+
+
+@triton.jit
+def _halves(x):
+    """`[R, N, W]` -> the steps `[0, W/2)` and `[W/2, W)` of each vector, two `[R, N, W/2]` (register renaming when
+    W is inside each thread, as in a vectorised load)."""
+    R: tl.constexpr = x.shape[0]
+    N: tl.constexpr = x.shape[1]
+    W: tl.constexpr = x.shape[2]
+    lo, hi = tl.split(tl.permute(tl.reshape(x, [R, N, 2, W // 2]), [0, 1, 3, 2]))
+    return lo, hi
+
+
+@triton.jit
+def _concat(lo, hi):
+    """The inverse of `_halves`: two `[R, N, W]` -> `[R, N, 2W]`."""
+    R: tl.constexpr = lo.shape[0]
+    N: tl.constexpr = lo.shape[1]
+    W: tl.constexpr = lo.shape[2]
+    return tl.reshape(tl.permute(tl.join(lo, hi), [0, 1, 3, 2]), [R, N, 2 * W])
+
+
+@triton.jit
+def _lanes(x, VEC: tl.constexpr, LOG2_VEC: tl.constexpr):
+    """`[R, L]` -> a tuple of VEC `[R, L/VEC, 1]`: entry v holds steps v, VEC + v, 2 VEC + v, ..."""
+    parts = (tl.reshape(x, [x.shape[0], x.shape[1] // VEC, VEC]),)
+    for level in tl.static_range(LOG2_VEC):
+        split = ()
+        for i in tl.static_range(1 << level):
+            lo, hi = _halves(parts[i])
+            split = split + (lo, hi)
+        parts = split
+    return parts
+
+
+@triton.jit
+def _from_lanes(parts, VEC: tl.constexpr, LOG2_VEC: tl.constexpr):
+    """The inverse of `_lanes`: a tuple of VEC `[R, N, 1]` -> `[R, N * VEC]`."""
+    for level in tl.static_range(LOG2_VEC):
+        joined = ()
+        for i in tl.static_range(VEC >> (level + 1)):
+            joined = joined + (_concat(parts[2 * i], parts[2 * i + 1]),)
+        parts = joined
+    return tl.reshape(parts[0], [parts[0].shape[0], parts[0].shape[1] * VEC])
+
+
+@triton.jit
+def _shifted_lanes(cur_lanes, other_lanes, SHIFT: tl.constexpr, VEC: tl.constexpr):
+    """`_shifted` on tiles already split into lanes (`_lanes`); returns the lanes of the shifted tile."""
+    parts = ()
+    for v in tl.static_range(VEC):
+        if v - SHIFT >= 0 and v - SHIFT < VEC:
+            parts = parts + (cur_lanes[v - SHIFT],)
+        else:
+            parts = parts + (other_lanes[(v - SHIFT + VEC) % VEC],)
+    return parts
+
+
+@triton.jit
+def _shifted(cur, other, SHIFT: tl.constexpr, VEC: tl.constexpr, LOG2_VEC: tl.constexpr):
+    """`y[:, t] = x[:, t - SHIFT]` `[R, L]` for `0 < |SHIFT| <= VEC`, from `cur = x[:, t]` and `other = x[:, t - VEC]`
+    (SHIFT > 0) or `x[:, t + VEC]` (SHIFT < 0), both `[R, L]`, L a multiple of VEC.
+
+    A load at a shift that is not a multiple of the vector breaks its alignment, so it issues one 2-byte load per
+    element (48 a thread for the three taps of a width-4 conv). Here both inputs are aligned vector loads and the
+    shifted tile is assembled from their lanes inside each thread: which lane lands where is known at compile time,
+    so the split and the joins are register renaming (`benchmarks/sass_report.py --conv`: no shuffles, no shared
+    memory)."""
+    lanes = _shifted_lanes(_lanes(cur, VEC, LOG2_VEC), _lanes(other, VEC, LOG2_VEC), SHIFT, VEC)
+    return _from_lanes(lanes, VEC, LOG2_VEC)
+
+
+@triton.jit
+def _taps(x_rows, stride_x_l, init_rows, t, seqlen, mask_d, WIDTH: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr,
+          VEC: tl.constexpr, LOG2_VEC: tl.constexpr):  # fmt: skip
+    """The W taps of output positions `t` `[BLOCK_L]`: a tuple, entry k `xp[t - (W-1) + k]` fp32 `[BLOCK_D, BLOCK_L]`.
+    With VEC (time-major x), two aligned vector loads and lanes moved in registers (`_shifted`); else a load a tap."""
+    taps = ()
+    if VEC > 0:
+        cur = _load_xp(x_rows, stride_x_l, init_rows, t, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
+        prev = _load_xp(x_rows, stride_x_l, init_rows, t - VEC, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
+        for k in tl.static_range(WIDTH - 1):
+            taps = taps + (_shifted(cur, prev, WIDTH - 1 - k, VEC, LOG2_VEC),)
+        taps = taps + (cur,)
+    else:
+        for k in tl.static_range(WIDTH):
+            taps = taps + (_load_xp(x_rows, stride_x_l, init_rows, t - (WIDTH - 1) + k, seqlen, mask_d, WIDTH,
+                                    HAS_INITIAL_STATE),)  # fmt: skip
+    return taps
+
+
+@triton.jit
+def _weight(w_ptr, offs_d, stride_w_d, mask_d, k: tl.constexpr):
+    """Tap k of the weights of channels `offs_d`, fp32 `[BLOCK_D]`."""
+    return tl.load(w_ptr + offs_d.to(tl.int64) * stride_w_d + k, mask=mask_d, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _pre_activation(taps, w_ptr, bias_ptr, offs_d, stride_w_d, mask_d, WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """`bias + sum_k w[k] * taps[k]`, fp32, the shape of the taps (`[BLOCK_D, BLOCK_L]`)."""
+    pre = tl.zeros_like(taps[0])
+    if HAS_BIAS:
+        pre += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    for k in tl.static_range(WIDTH):
+        pre += _weight(w_ptr, offs_d, stride_w_d, mask_d, k)[:, None] * taps[k]
+    return pre
+
+
+@triton.jit
+def _silu_grad(dout, pre):
+    """`dout * silu'(pre)`, fp32."""
+    sig = tl.sigmoid(pre)
+    return dout * sig * (1.0 + pre * (1.0 - sig))
+
+
+@triton.jit
+def _add_dw_dbias(dw_ptr, dbias_ptr, dpre, taps, offs_d, mask_d, WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  BLOCK_D: tl.constexpr, BLOCK_W: tl.constexpr):  # fmt: skip
+    """Add this tile's `dw[j] = sum_s dpre[s] * taps[j][s]` and `dbias = sum_s dpre[s]` (fp32 atomics: every time
+    tile of a channel block adds to the same W + 1 values per channel)."""
+    offs_w = tl.arange(0, BLOCK_W)  # [BLOCK_W]
+    dw = tl.zeros([BLOCK_D, BLOCK_W], dtype=tl.float32)
+    for j in tl.static_range(WIDTH):
+        dw += tl.where(offs_w[None, :] == j, tl.sum(dpre * taps[j], axis=1)[:, None], 0.0)
+    tl.atomic_add(
+        dw_ptr + offs_d.to(tl.int64)[:, None] * WIDTH + offs_w[None, :],
+        dw,
+        mask=mask_d[:, None] & (offs_w < WIDTH)[None, :],
+        sem="relaxed",
+    )
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + offs_d, tl.sum(dpre, axis=1), mask=mask_d, sem="relaxed")
+
+
+@triton.jit
+def _dfinal_part(dfinal_ptr, t, pid_b, dim, offs_d64, mask_d, seqlen, WIDTH: tl.constexpr):
+    """d final_state's share of dx at positions `t` `[BLOCK_L]` (the last W-1 steps), fp32 `[BLOCK_D, BLOCK_L]`."""
+    j = t - (seqlen - (WIDTH - 1))  # index into the final state
+    mask_f = mask_d[:, None] & ((j >= 0) & (t < seqlen))[None, :]
+    dfin_rows = dfinal_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1)
+    return tl.load(dfin_rows + j[None, :], mask=mask_f, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _dx_from_lanes(dpre_lanes, next_lanes, w_ptr, offs_d, stride_w_d, mask_d, WIDTH: tl.constexpr,
+                   VEC: tl.constexpr, LOG2_VEC: tl.constexpr):  # fmt: skip
+    """`dx[t] = sum_k w[k] * dpre[t + (W-1-k)]` fp32 `[BLOCK_D, BLOCK_L]`, from the lanes of dpre at the tile's
+    positions and at the vector after (`_lanes`; only its first W-1 lanes are read)."""
+    dx = _weight(w_ptr, offs_d, stride_w_d, mask_d, WIDTH - 1)[:, None] * _from_lanes(dpre_lanes, VEC, LOG2_VEC)
+    for k in tl.static_range(WIDTH - 1):
+        tap = _from_lanes(_shifted_lanes(dpre_lanes, next_lanes, k - (WIDTH - 1), VEC), VEC, LOG2_VEC)
+        dx += _weight(w_ptr, offs_d, stride_w_d, mask_d, k)[:, None] * tap
+    return dx
 
 
 @triton.jit
@@ -90,6 +268,8 @@ def _causal_conv1d_fwd_kernel(
     SILU: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    VEC: tl.constexpr,
+    LOG2_VEC: tl.constexpr,
 ):
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -101,13 +281,8 @@ def _causal_conv1d_fwd_kernel(
     x_rows = x_ptr + pid_b * stride_x_b + offs_d64[:, None] * stride_x_d  # [BLOCK_D, 1]
     init_rows = init_ptr + pid_b * stride_init_b + offs_d64[:, None] * stride_init_d if HAS_INITIAL_STATE else init_ptr
 
-    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
-    for k in tl.static_range(WIDTH):
-        w_k = tl.load(w_ptr + offs_d64 * stride_w_d + k, mask=mask_d, other=0.0).to(tl.float32)  # [BLOCK_D]
-        xp = _load_xp(x_rows, stride_x_l, init_rows, t - (WIDTH - 1) + k, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE)
-        acc += w_k[:, None] * xp
+    taps = _taps(x_rows, stride_x_l, init_rows, t, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE, VEC, LOG2_VEC)
+    acc = _pre_activation(taps, w_ptr, bias_ptr, offs_d, stride_w_d, mask_d, WIDTH, HAS_BIAS)  # [BLOCK_D, BLOCK_L]
     if SILU:
         acc = acc * tl.sigmoid(acc)
     out_ptrs = (
@@ -147,6 +322,8 @@ def _causal_conv1d_bwd_dpre_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_L: tl.constexpr,
     BLOCK_W: tl.constexpr,
+    VEC: tl.constexpr,
+    LOG2_VEC: tl.constexpr,
 ):
     # Backward pass 1, over output positions s: dpre[s] = dout[s] * silu'(pre[s]) (stored in dout's dtype when SILU),
     # and the weight and bias gradients dw[j] += sum_s dpre[s] * xp[s - (W-1) + j], dbias += sum_s dpre[s] (from the
@@ -155,7 +332,6 @@ def _causal_conv1d_bwd_dpre_kernel(
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
-    offs_w = tl.arange(0, BLOCK_W)  # [BLOCK_W]
     s = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L], output positions
     mask_d = offs_d < dim
     mask_s = mask_d[:, None] & (s < seqlen)[None, :]
@@ -165,35 +341,122 @@ def _causal_conv1d_bwd_dpre_kernel(
     init_rows = init_ptr + pid_b * stride_init_b + offs_d64[:, None] * stride_init_d if HAS_INITIAL_STATE else init_ptr
     dout_ptrs = dout_ptr + pid_b * stride_dout_b + offs_d64[:, None] * stride_dout_d + s64 * stride_dout_l
     dpre = tl.load(dout_ptrs, mask=mask_s, other=0.0).to(tl.float32)  # [BLOCK_D, BLOCK_L]
-    # The W shifted taps xp[s - (W-1) + j] are loaded once and kept (a tuple of `[BLOCK_D, BLOCK_L]` tiles) for both
-    # the pre-activation and dw. Loading them again for dw, as an earlier version did, doubled the shifted loads,
-    # which are element-wide because a shift breaks the vector alignment (96 two-byte loads a thread).
-    taps = ()
-    for j in tl.static_range(WIDTH):
-        taps = taps + (_load_xp(x_rows, stride_x_l, init_rows, s - (WIDTH - 1) + j, seqlen, mask_d, WIDTH,
-                                HAS_INITIAL_STATE),)  # fmt: skip
+    # The W shifted taps xp[s - (W-1) + j] are built once and kept (a tuple of `[BLOCK_D, BLOCK_L]` tiles) for both
+    # the pre-activation and dw. (Without lane shifts each is a load at a shift, element-wide because the shift breaks
+    # the vector alignment; an earlier version loaded them twice: 96 two-byte loads a thread.)
+    taps = _taps(x_rows, stride_x_l, init_rows, s, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE, VEC, LOG2_VEC)
     if SILU:
-        pre = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
-        if HAS_BIAS:
-            pre += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
-        for j in tl.static_range(WIDTH):
-            w_j = tl.load(w_ptr + offs_d64 * stride_w_d + j, mask=mask_d, other=0.0).to(tl.float32)
-            pre += w_j[:, None] * taps[j]
-        sig = tl.sigmoid(pre)
-        dpre = dpre * sig * (1.0 + pre * (1.0 - sig))
+        pre = _pre_activation(taps, w_ptr, bias_ptr, offs_d, stride_w_d, mask_d, WIDTH, HAS_BIAS)
+        dpre = _silu_grad(dpre, pre)
         dpre_ptrs = dpre_ptr + pid_b * stride_dpre_b + offs_d64[:, None] * stride_dpre_d + s64 * stride_dpre_l
         tl.store(dpre_ptrs, dpre, mask=mask_s)
-    dw = tl.zeros([BLOCK_D, BLOCK_W], dtype=tl.float32)
-    for j in tl.static_range(WIDTH):
-        dw += tl.where(offs_w[None, :] == j, tl.sum(dpre * taps[j], axis=1)[:, None], 0.0)
-    tl.atomic_add(
-        dw_ptr + offs_d64[:, None] * WIDTH + offs_w[None, :],
-        dw,
-        mask=mask_d[:, None] & (offs_w < WIDTH)[None, :],
-        sem="relaxed",
-    )
-    if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + offs_d, tl.sum(dpre, axis=1), mask=mask_d, sem="relaxed")
+    _add_dw_dbias(dw_ptr, dbias_ptr, dpre, taps, offs_d, mask_d, WIDTH, HAS_BIAS, BLOCK_D, BLOCK_W)
+
+
+@triton.jit
+def _causal_conv1d_bwd_kernel(
+    dout_ptr,
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    init_ptr,
+    dfinal_ptr,
+    dx_ptr,
+    dw_ptr,
+    dbias_ptr,
+    dinit_ptr,
+    dim,
+    seqlen,
+    stride_x_b,
+    stride_x_d,
+    stride_x_l,
+    stride_w_d,
+    stride_init_b,
+    stride_init_d,
+    stride_dout_b,
+    stride_dout_d,
+    stride_dout_l,
+    stride_dx_b,
+    stride_dx_d,
+    stride_dx_l,
+    WIDTH: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_INITIAL_STATE: tl.constexpr,
+    HAS_DFINAL: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    VEC: tl.constexpr,
+    LOG2_VEC: tl.constexpr,
+):
+    # The whole backward in one pass, for time-major memory (VEC > 0): dx at a tile's positions t needs dpre at
+    # t .. t + W-1, i.e. the tile and the first W-1 lanes of the vector after it. Those lanes are recomputed here (their
+    # pre-activation from the lanes of x, W-1 of VEC lanes: 3/8 more SiLU work at width 4, bf16) instead of dpre making
+    # a round trip through memory between two passes (a write and a read of a bf16 sequence).
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L], aligned to VEC
+    mask_d = offs_d < dim
+    offs_d64 = offs_d.to(tl.int64)
+    x_rows = x_ptr + pid_b * stride_x_b + offs_d64[:, None] * stride_x_d  # [BLOCK_D, 1]
+    init_rows = init_ptr + pid_b * stride_init_b + offs_d64[:, None] * stride_init_d if HAS_INITIAL_STATE else init_ptr
+    dout_rows = dout_ptr + pid_b * stride_dout_b + offs_d64[:, None] * stride_dout_d
+    dout = _load_steps(dout_rows, stride_dout_l, t, seqlen, mask_d)  # [BLOCK_D, BLOCK_L] fp32, 0 past the end
+    dout_next_lanes = _lanes(_load_steps(dout_rows, stride_dout_l, t + VEC, seqlen, mask_d), VEC, LOG2_VEC)
+    taps = _taps(x_rows, stride_x_l, init_rows, t, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE, VEC, LOG2_VEC)
+    x_cur = taps[WIDTH - 1]  # x at the tile's own positions
+    if SILU:
+        dpre = _silu_grad(dout, _pre_activation(taps, w_ptr, bias_ptr, offs_d, stride_w_d, mask_d, WIDTH, HAS_BIAS))
+        # dpre at the vector after the tile, its first W-1 lanes only: the taps of lane v are lanes of x there
+        # (x[t + VEC], loaded aligned) or, reaching back, of x_cur.
+        x_cur_lanes = _lanes(x_cur, VEC, LOG2_VEC)
+        x_next_lanes = _lanes(
+            _load_xp(x_rows, stride_x_l, init_rows, t + VEC, seqlen, mask_d, WIDTH, HAS_INITIAL_STATE), VEC, LOG2_VEC
+        )
+        next_lanes = ()
+        for v in tl.static_range(VEC):
+            if v < WIDTH - 1:
+                lane_taps = ()
+                for k in tl.static_range(WIDTH):
+                    if v >= WIDTH - 1 - k:  # tap k of lane v: lane v - (W-1-k) of x there, or reaching back, of x_cur
+                        lane = x_next_lanes[v - (WIDTH - 1 - k)]
+                    else:
+                        lane = x_cur_lanes[v - (WIDTH - 1 - k) + VEC]
+                    lane_taps = lane_taps + (tl.reshape(lane, [BLOCK_D, BLOCK_L // VEC]),)
+                pre_v = _pre_activation(lane_taps, w_ptr, bias_ptr, offs_d, stride_w_d, mask_d, WIDTH, HAS_BIAS)
+                next_lanes = next_lanes + (
+                    _silu_grad(dout_next_lanes[v], tl.reshape(pre_v, [BLOCK_D, BLOCK_L // VEC, 1])),
+                )
+            else:
+                next_lanes = next_lanes + (tl.zeros_like(dout_next_lanes[v]),)  # never read
+    else:
+        dpre = dout
+        next_lanes = dout_next_lanes
+    dpre_lanes = _lanes(dpre, VEC, LOG2_VEC)
+    dx = _dx_from_lanes(dpre_lanes, next_lanes, w_ptr, offs_d, stride_w_d, mask_d, WIDTH, VEC, LOG2_VEC)
+    if HAS_DFINAL:
+        dx += _dfinal_part(dfinal_ptr, t, pid_b, dim, offs_d64, mask_d, seqlen, WIDTH)
+    dx_rows = dx_ptr + pid_b * stride_dx_b + offs_d64[:, None] * stride_dx_d
+    tl.store(dx_rows + t.to(tl.int64)[None, :] * stride_dx_l, dx.to(dx_ptr.dtype.element_ty),
+             mask=mask_d[:, None] & (t < seqlen)[None, :])  # fmt: skip
+    _add_dw_dbias(dw_ptr, dbias_ptr, dpre, taps, offs_d, mask_d, WIDTH, HAS_BIAS, BLOCK_D, BLOCK_W)
+    if HAS_INITIAL_STATE:  # noqa: SIM102 - a constexpr, resolved at compile time; `and` with a tensor is not
+        if pid_l == 0:
+            # d initial_state: dx at the W-1 steps before 0, i.e. the last lanes of the vector before this tile. Seen
+            # from that vector, this tile's dpre is the vector after; its own dpre (positions < 0) is 0.
+            p = t - VEC  # [BLOCK_L]
+            zero_lanes = _lanes(tl.zeros_like(dpre), VEC, LOG2_VEC)
+            dinit = tl.zeros_like(dpre)
+            for k in tl.static_range(WIDTH - 1):
+                tap = _from_lanes(_shifted_lanes(zero_lanes, dpre_lanes, k - (WIDTH - 1), VEC), VEC, LOG2_VEC)
+                dinit += _weight(w_ptr, offs_d, stride_w_d, mask_d, k)[:, None] * tap
+            if HAS_DFINAL:  # a sequence shorter than W-1: the final state reaches into the initial state
+                dinit += _dfinal_part(dfinal_ptr, p, pid_b, dim, offs_d64, mask_d, seqlen, WIDTH)
+            dinit_rows = dinit_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1) + (WIDTH - 1)
+            tl.store(dinit_rows + p[None, :], dinit, mask=mask_d[:, None] & ((p < 0) & (p >= -(WIDTH - 1)))[None, :])
 
 
 @triton.jit
@@ -217,6 +480,8 @@ def _causal_conv1d_bwd_dx_kernel(
     HAS_DFINAL: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    VEC: tl.constexpr,
+    LOG2_VEC: tl.constexpr,
 ):
     # Backward pass 2, over input positions t: dx[t] = sum_k w[k] * dpre[t + (W-1-k)], plus d final_state where t is
     # one of the last W-1 steps. The tiles of x's own steps start at multiples of BLOCK_L, so the dx stores and the
@@ -232,7 +497,7 @@ def _causal_conv1d_bwd_dx_kernel(
     if pid_l < n_tiles:
         t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L], positions of x
         dx = _dx_tile(dpre_ptr, dfinal_ptr, w_ptr, t, pid_b, offs_d64, mask_d, dim, seqlen, stride_w_d, stride_dpre_b,
-                      stride_dpre_d, stride_dpre_l, WIDTH, HAS_DFINAL, BLOCK_D, BLOCK_L)  # fmt: skip
+                      stride_dpre_d, stride_dpre_l, WIDTH, HAS_DFINAL, BLOCK_D, BLOCK_L, VEC, LOG2_VEC)  # fmt: skip
         dx_rows = dx_ptr + pid_b * stride_dx_b + offs_d64[:, None] * stride_dx_d
         tl.store(dx_rows + t.to(tl.int64)[None, :] * stride_dx_l, dx.to(dx_ptr.dtype.element_ty),
                  mask=mask_d[:, None] & (t < seqlen)[None, :])  # fmt: skip
@@ -240,30 +505,39 @@ def _causal_conv1d_bwd_dx_kernel(
         if pid_l == n_tiles:
             t = tl.arange(0, BLOCK_L) - (WIDTH - 1)  # [BLOCK_L], the initial state's steps are t < 0
             dx = _dx_tile(dpre_ptr, dfinal_ptr, w_ptr, t, pid_b, offs_d64, mask_d, dim, seqlen, stride_w_d,
-                          stride_dpre_b, stride_dpre_d, stride_dpre_l, WIDTH, HAS_DFINAL, BLOCK_D, BLOCK_L)  # fmt: skip
+                          stride_dpre_b, stride_dpre_d, stride_dpre_l, WIDTH, HAS_DFINAL, BLOCK_D, BLOCK_L, VEC, LOG2_VEC)  # fmt: skip
             dinit_rows = dinit_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1) + (WIDTH - 1)
             tl.store(dinit_rows + t[None, :], dx, mask=mask_d[:, None] & (t < 0)[None, :])
+
+
+@triton.jit
+def _load_steps(rows, stride_l, s, seqlen, mask_d):
+    """A sequence (dout, dpre) at positions `s` `[BLOCK_L]` of `rows` `[BLOCK_D, 1]` as fp32 `[BLOCK_D, BLOCK_L]`, 0
+    outside `[0, seqlen)`."""
+    mask_s = mask_d[:, None] & ((s >= 0) & (s < seqlen))[None, :]
+    return tl.load(rows + s.to(tl.int64)[None, :] * stride_l, mask=mask_s, other=0.0).to(tl.float32)
 
 
 @triton.jit
 def _dx_tile(
     dpre_ptr, dfinal_ptr, w_ptr, t, pid_b, offs_d64, mask_d, dim, seqlen, stride_w_d, stride_dpre_b, stride_dpre_d,
     stride_dpre_l, WIDTH: tl.constexpr, HAS_DFINAL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    VEC: tl.constexpr, LOG2_VEC: tl.constexpr,
 ):  # fmt: skip
     """dx at positions `t` `[BLOCK_L]` (may be < 0: the initial state's steps) of `BLOCK_D` channels, fp32."""
     dpre_rows = dpre_ptr + pid_b * stride_dpre_b + offs_d64[:, None] * stride_dpre_d
     dx = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+    if VEC > 0:  # dpre[t] and dpre[t + VEC], aligned vector loads; the taps in between are built from their lanes
+        cur = _load_steps(dpre_rows, stride_dpre_l, t, seqlen, mask_d)
+        nxt = _load_steps(dpre_rows, stride_dpre_l, t + VEC, seqlen, mask_d)
     for k in tl.static_range(WIDTH):
-        s = t + (WIDTH - 1 - k)  # [BLOCK_L], the output position that tap k of xp[t] feeds
-        mask_s = mask_d[:, None] & ((s >= 0) & (s < seqlen))[None, :]
-        dpre = tl.load(dpre_rows + s.to(tl.int64)[None, :] * stride_dpre_l, mask=mask_s, other=0.0).to(tl.float32)
-        w_k = tl.load(w_ptr + offs_d64 * stride_w_d + k, mask=mask_d, other=0.0).to(tl.float32)
-        dx += w_k[:, None] * dpre
+        if VEC > 0:
+            dpre = cur if k == WIDTH - 1 else _shifted(cur, nxt, k - (WIDTH - 1), VEC, LOG2_VEC)
+        else:
+            dpre = _load_steps(dpre_rows, stride_dpre_l, t + (WIDTH - 1 - k), seqlen, mask_d)
+        dx += _weight(w_ptr, offs_d64, stride_w_d, mask_d, k)[:, None] * dpre
     if HAS_DFINAL:
-        j = t - (seqlen - (WIDTH - 1))  # index into the final state
-        mask_f = mask_d[:, None] & ((j >= 0) & (t < seqlen))[None, :]
-        dfin_rows = dfinal_ptr + (pid_b * dim + offs_d64[:, None]) * (WIDTH - 1)
-        dx += tl.load(dfin_rows + j[None, :], mask=mask_f, other=0.0).to(tl.float32)
+        dx += _dfinal_part(dfinal_ptr, t, pid_b, dim, offs_d64, mask_d, seqlen, WIDTH)
     return dx
 
 
@@ -306,6 +580,7 @@ def _causal_conv1d_fwd(x, weight, bias, initial_state, silu, return_final_state)
             HAS_BIAS=bias is not None,
             HAS_INITIAL_STATE=initial_state is not None,
             SILU=silu,
+            **_lane_shifts(x, width, cfg),
             **cfg,
         )
     final = _final_state(x, initial_state, width) if return_final_state else x.new_empty(0)
@@ -325,8 +600,41 @@ def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
     dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
     dbias = torch.zeros(dim, device=x.device, dtype=torch.float32) if bias is not None else None
     dinit = empty(batch, dim, width - 1, device=x.device, dtype=torch.float32) if init is not None else None
-    cfg = _config("bwd_dpre", x)
     init_strides = (init.stride(0), init.stride(1)) if init is not None else (0, 0)
+    one_pass = ONE_PASS_BACKWARD and seqlen > 0 and not (channel_last(x) or channel_last(dout))
+    cfg = CONFIGS["bwd"]
+    lanes = _lane_shifts(x, width, cfg) if one_pass else dict(VEC=0)
+    if lanes["VEC"]:
+        grid = (triton.cdiv(seqlen, cfg["BLOCK_L"]), triton.cdiv(dim, cfg["BLOCK_D"]), batch)
+        _causal_conv1d_bwd_kernel[grid](
+            dout,
+            x,
+            weight,
+            bias,
+            init,
+            dfinal,
+            dx,
+            dw,
+            dbias,
+            dinit,
+            dim,
+            seqlen,
+            *x.stride(),
+            weight.stride(0),
+            *init_strides,
+            *dout.stride(),
+            *dx.stride(),
+            WIDTH=width,
+            HAS_BIAS=bias is not None,
+            HAS_INITIAL_STATE=init is not None,
+            HAS_DFINAL=dfinal is not None,
+            SILU=silu,
+            BLOCK_W=triton.next_power_of_2(width),
+            **lanes,
+            **cfg,
+        )
+        return _backward_results(dx, dw, dbias, dinit, weight, bias, initial_state)
+    cfg = _config("bwd_dpre", x)
     # Pass 1 stores dpre (in x's layout, in dout's dtype: bf16 in training halves the round trip between the passes;
     # dw/dbias are summed from the fp32 values before the store, so only dx sees the rounding) only with the SiLU;
     # without it dpre is dout itself.
@@ -354,6 +662,7 @@ def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
             HAS_INITIAL_STATE=init is not None,
             SILU=silu,
             BLOCK_W=triton.next_power_of_2(width),
+            **_lane_shifts(x, width, cfg),
             **cfg,
         )
     cfg = _config("bwd_dx", x)
@@ -378,8 +687,14 @@ def _causal_conv1d_bwd(dout, dfinal, x, weight, bias, initial_state, silu):
         WIDTH=width,
         HAS_INITIAL_STATE=init is not None,
         HAS_DFINAL=dfinal is not None,
+        **_lane_shifts(dpre, width, cfg),
         **cfg,
     )
+    return _backward_results(dx, dw, dbias, dinit, weight, bias, initial_state)
+
+
+def _backward_results(dx, dw, dbias, dinit, weight, bias, initial_state):
+    """(dx, dweight, dbias, dinit) in their inputs' dtypes (None where the input is None)."""
     return (
         dx,
         dw.to(weight.dtype),

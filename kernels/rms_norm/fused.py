@@ -155,9 +155,10 @@ def _add_norm_bwd_kernel(
             dres_out_row += stride_dres_out
         mean_row += 1
         rstd_row += 1
-    tl.store(dw_ptr + pid * hidden + cols, dw, mask=mask)
+    # One fp32 atomic add per column and program: no [programs, hidden] partials to reduce in a separate kernel.
+    tl.atomic_add(dw_ptr + cols, dw, mask=mask, sem="relaxed")
     if HAS_BIAS:
-        tl.store(db_ptr + pid * hidden + cols, db, mask=mask)
+        tl.atomic_add(db_ptr + cols, db, mask=mask, sem="relaxed")
 
 
 def _rows(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -223,8 +224,8 @@ def _add_norm_bwd(dout, dres_out, x, weight, bias, residual, mean, rstd, is_rms_
     else:
         n_programs = min(rows, 4)
     n_programs = max(n_programs, 1)
-    dw = torch.zeros(n_programs, hidden, device=x.device, dtype=torch.float32)
-    db = torch.zeros(n_programs, hidden, device=x.device, dtype=torch.float32) if bias is not None else None
+    dw = torch.zeros(hidden, device=x.device, dtype=torch.float32)
+    db = torch.zeros(hidden, device=x.device, dtype=torch.float32) if bias is not None else None
     if rows:
         block_n = triton.next_power_of_2(hidden)
         _add_norm_bwd_kernel[(n_programs,)](
@@ -255,8 +256,8 @@ def _add_norm_bwd(dout, dres_out, x, weight, bias, residual, mean, rstd, is_rms_
         )
     return (
         dx.view(shape),
-        dw.sum(0).to(weight.dtype),
-        None if db is None else db.sum(0).to(bias.dtype),
+        dw.to(weight.dtype),
+        None if db is None else db.to(bias.dtype),
         None if dres is None else dres.view(shape),
     )
 

@@ -47,10 +47,12 @@ class LaunchSpy:
     def __init__(self, kernel) -> None:
         self.kernel = kernel
         self.launches: list[list[torch.Tensor]] = []
+        self.constants: list[dict] = []  # per launch, the keyword arguments that are not tensors (constexprs)
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             self.launches.append([a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)])
+            self.constants.append({k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)})
             return self.kernel[grid](*args, **kwargs)
 
         return launch

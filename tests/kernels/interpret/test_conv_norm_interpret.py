@@ -53,6 +53,11 @@ def compare(fast_fn, ref_fn, tensors, upstream, *, fast_tensors=None, fast_upstr
 @pytest.mark.parametrize("seqlen", [1, 7, 65, 200])
 @pytest.mark.parametrize("width", [2, 3, 4, 7])
 def test_conv_all_options(width, seqlen, dtype):
+    check_conv_all_options(width, seqlen, dtype)
+
+
+def check_conv_all_options(width, seqlen, dtype):
+    """Bias, SiLU, an initial state and the final state's gradient, time-major x, batch 2 of 5 channels."""
     batch, dim = 2, 5
     tensors = dict(
         x=torch.randn(batch, dim, seqlen).to(dtype),
@@ -68,10 +73,12 @@ def test_conv_all_options(width, seqlen, dtype):
 
 @pytest.fixture
 def conv_spies(monkeypatch):
-    fwd, bwd = LaunchSpy(conv._causal_conv1d_fwd_kernel), LaunchSpy(conv._causal_conv1d_bwd_dpre_kernel)
-    monkeypatch.setattr(conv, "_causal_conv1d_fwd_kernel", fwd)
-    monkeypatch.setattr(conv, "_causal_conv1d_bwd_dpre_kernel", bwd)  # the backward pass that reads x
-    return fwd, bwd
+    """Spies on the kernels that read x: the forward, and the backward's (the one-pass kernel or pass 1)."""
+    names = ("_causal_conv1d_fwd_kernel", "_causal_conv1d_bwd_kernel", "_causal_conv1d_bwd_dpre_kernel")
+    spies = [LaunchSpy(getattr(conv, name)) for name in names]
+    for name, spy in zip(names, spies, strict=True):
+        monkeypatch.setattr(conv, name, spy)
+    return spies
 
 
 def check_conv_channel_last(spies, width, seqlen, dtype):
@@ -95,7 +102,8 @@ def check_conv_channel_last(spies, width, seqlen, dtype):
         activation="silu",
         return_final_state=True,
     )
-    fwd, bwd = spies
+    fwd, *bwd_kernels = spies
+    (bwd,) = [spy for spy in bwd_kernels if spy.launches]
     assert fwd.read_in_place(0, x_view) and bwd.read_in_place(0, x_view), "channel-last x was copied"
     assert is_channel_last(out) and is_channel_last(grads["x"]), f"out {out.stride()}, dx {grads['x'].stride()}"
     assert final.is_contiguous()
@@ -113,6 +121,34 @@ def test_conv_channel_last_across_tiles(conv_spies, monkeypatch, width):
     # Small tiles: the sequence crosses time-tile boundaries and dim 5 leaves a partial channel block.
     monkeypatch.setattr(conv, "CONFIGS", {k: dict(BLOCK_D=4, BLOCK_L=16, num_warps=1) for k in conv.CONFIGS})
     check_conv_channel_last(conv_spies, width, 40, torch.float32)
+
+
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass", "two-pass"])
+@pytest.mark.parametrize("seqlen", [40, 37, 2])
+@pytest.mark.parametrize(
+    ("dtype", "width"),
+    [(torch.bfloat16, 2), (torch.bfloat16, 4), (torch.bfloat16, 7), (torch.float32, 4), (torch.float32, 5)],
+    ids=["bf16-w2", "bf16-w4", "bf16-w7", "fp32-w4", "fp32-w5"],
+)
+def test_conv_time_major_lane_shifts_across_tiles(monkeypatch, dtype, width, seqlen, one_pass):
+    # Time-major x: every kernel builds its shifted taps from two aligned vector loads (the tile and the vector before
+    # or after it, `conv._shifted`), and the one-pass backward recomputes dpre on the first lanes of the vector after
+    # its tile. Small tiles put those neighbour vectors in the next or previous tile and in the initial state; seqlen
+    # 37 ends inside a vector, 2 is shorter than the final state at width >= 4 (it reaches into the initial state);
+    # dim 5 leaves a partial channel block.
+    monkeypatch.setattr(conv, "CONFIGS", {k: dict(BLOCK_D=4, BLOCK_L=16, num_warps=1) for k in conv.CONFIGS})
+    monkeypatch.setattr(conv, "ONE_PASS_BACKWARD", one_pass)
+    backward = ("_causal_conv1d_bwd_kernel",)
+    if not one_pass:
+        backward = ("_causal_conv1d_bwd_dpre_kernel", "_causal_conv1d_bwd_dx_kernel")
+    names = ("_causal_conv1d_fwd_kernel", *backward)
+    spies = {name: LaunchSpy(getattr(conv, name)) for name in names}
+    for name, spy in spies.items():
+        monkeypatch.setattr(conv, name, spy)
+    check_conv_all_options(width, seqlen, dtype)
+    vec = 16 // torch.empty(0, dtype=dtype).element_size()
+    for name, spy in spies.items():
+        assert [c["VEC"] for c in spy.constants] == [vec], f"{name} did not take the lane-shift path: {spy.constants}"
 
 
 def test_conv_time_major_outputs_stay_contiguous():

@@ -22,8 +22,7 @@ from kernels.selective_scan import scan  # noqa: E402
 
 KERNELS = [
     (conv, "_causal_conv1d_fwd_kernel"),
-    (conv, "_causal_conv1d_bwd_dpre_kernel"),
-    (conv, "_causal_conv1d_bwd_dx_kernel"),
+    (conv, "_causal_conv1d_bwd_kernel"),  # time-major: the one-pass backward
     (scan, "_selective_scan_fwd_kernel"),
     (scan, "_selective_scan_bwd_kernel"),
 ]
@@ -54,6 +53,6 @@ def test_mixer_kernels_see_channel_major_sequences_and_match_the_reference(monke
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=lambda m, name=name: f"d {name}: {m}")
     assert [len(s.launches) for s in spies] == [1] * len(KERNELS), "each kernel runs once, forward and backward"
     sequences = [t for s in spies for t in s.launches[0] if t.dim() == 3 and t.shape[-1] == seqlen]
-    assert len(sequences) >= 14, "conv x/out/dout/dpre/dx, scan u/delta/B/C/z/out, their gradients"
+    assert len(sequences) >= 14, "conv x/out/dout/dx, scan u/delta/B/C/z/out, their gradients"
     for t in sequences:
         assert t.stride() == (seqlen, batch * seqlen, 1), f"a kernel got {tuple(t.shape)} of strides {t.stride()}"
