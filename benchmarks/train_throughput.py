@@ -7,7 +7,10 @@ cross-entropy (`MambaLM.token_nll`, no logits stored), eagerly and replayed as o
 Shapes from PERFORMANCE.md: 130M (d_model 768, 24 layers) and 370M (1024, 48) at batch 8 x 2048. In the same run,
 the same 130M model on our PyTorch reference kernels (at the batch that fits), and `torch.compile` of it.
 
-    python benchmarks/train_throughput.py [--quick]
+    python benchmarks/train_throughput.py [--quick | --steps N]
+
+Each row also gives the SM clock and power the timed steps ran at, and what held the clock down
+(`benchmarks/gpu_monitor.py`): short runs can read faster than long ones on the same GPU.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels  # noqa: E402
 from backbone import MambaConfig  # noqa: E402
+from benchmarks.gpu_monitor import COLUMNS as CLOCK_COLUMNS  # noqa: E402
+from benchmarks.gpu_monitor import GpuMonitor  # noqa: E402
 from benchmarks.report import environment, write_results  # noqa: E402
 from tasks.cuda_graph_step import CUDAGraphTrainStep  # noqa: E402
 from tasks.lm import MambaLM, MambaLMConfig  # noqa: E402
@@ -66,7 +71,8 @@ def eager_step(optimizer, loss_fn, ids):
 
 
 def time_steps(model, batch, seqlen, *, steps, warmup, backend, compiled=False, fused_loss=False, cuda_graph=False):
-    """Mean ms per training step and peak GiB; eager, or replaying the whole step as one CUDA graph."""
+    """Mean ms per training step, peak GiB, and the clocks the timed steps ran at (`GpuMonitor.summary()`); eager, or
+    replaying the whole step as one CUDA graph."""
     # capturable (only for the graph): the optimizer's step count stays on the GPU, which capture needs.
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=cuda_graph)
     loss_fn = loss_function(torch.compile(model) if compiled else model, fused_loss)
@@ -83,25 +89,28 @@ def time_steps(model, batch, seqlen, *, steps, warmup, backend, compiled=False, 
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps):
-            loss = step(ids)
-        end.record()
-        torch.cuda.synchronize()
+        with GpuMonitor() as monitor:
+            start.record()
+            for _ in range(steps):
+                loss = step(ids)
+            end.record()
+            torch.cuda.synchronize()
     ms = start.elapsed_time(end) / steps
     if not torch.isfinite(loss):
         raise RuntimeError(f"non-finite loss {loss.item()} ({backend})")
     # Replays allocate nothing, so a graph's peak is the one measured while it was captured.
     peak = step.peak_memory_bytes if cuda_graph else torch.cuda.max_memory_allocated()
-    return ms, peak / 2**30
+    return ms, peak / 2**30, monitor.summary()
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer steps")
+    parser.add_argument("--quick", action="store_true", help="3 timed steps a row instead of 10")
+    parser.add_argument("--steps", type=int, help="timed steps a row (overrides --quick); more read a sustained clock")
     parser.add_argument("--with-compile", action="store_true", help="also time torch.compile of the reference path")
     args = parser.parse_args(argv)
     steps, warmup = (3, 2) if args.quick else (10, 3)
+    steps = args.steps or steps
     plan = [  # size, batch, seqlen, kernels, torch.compile, fused LM head + cross-entropy, CUDA graph
         ("130M", 8, 2048, "triton", False, False, False),
         ("130M", 8, 2048, "triton", False, True, False),
@@ -123,8 +132,8 @@ def main(argv=None) -> None:
         common = {"model": size, "batch x seqlen": f"{batch} x {seqlen}", "kernels": label, "loss": loss_label,
                   "step": "CUDA graph" if cuda_graph else "eager"}  # fmt: skip
         try:
-            ms, peak = time_steps(model, batch, seqlen, steps=steps, warmup=warmup, backend=backend, compiled=compiled,
-                                  fused_loss=fused_loss, cuda_graph=cuda_graph)  # fmt: skip
+            ms, peak, clocks = time_steps(model, batch, seqlen, steps=steps, warmup=warmup, backend=backend,
+                                          compiled=compiled, fused_loss=fused_loss, cuda_graph=cuda_graph)  # fmt: skip
         except (RuntimeError, torch.OutOfMemoryError) as err:  # report, keep measuring the other rows
             rows.append({**common, "error": str(err).splitlines()[0][:120]})
             continue
@@ -132,7 +141,7 @@ def main(argv=None) -> None:
             del model
             torch.cuda.empty_cache()
         tokens_per_s = batch * seqlen / (ms / 1000)
-        row = {**common, "ms/step": ms, "tokens/s": tokens_per_s, "peak GiB": peak}
+        row = {**common, "ms/step": ms, "tokens/s": tokens_per_s, "peak GiB": peak, "timed steps": steps, **clocks}
         anchor = ANCHORS.get((size, batch, seqlen))
         if anchor and backend == "triton":
             row["anchor tokens/s"] = anchor[0]
@@ -141,7 +150,7 @@ def main(argv=None) -> None:
         rows.append(row)
         print(row, flush=True)  # noqa: T201
     columns = ["model", "batch x seqlen", "kernels", "loss", "step", "ms/step", "tokens/s", "peak GiB",
-               "anchor tokens/s", "vs anchor", "anchor GiB", "error"]  # fmt: skip
+               "anchor tokens/s", "vs anchor", "anchor GiB", "timed steps", *CLOCK_COLUMNS, "error"]  # fmt: skip
     write_results("train_throughput", environment(), rows, columns)
 
 
