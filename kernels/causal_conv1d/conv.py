@@ -48,7 +48,7 @@ __all__ = ["causal_conv1d"]
 # at unit stride (e.g. a transposed `[batch, seqlen, dim]`): wide channel blocks, short time tiles. The backward's two
 # passes ("bwd_dpre": dpre, dw, dbias; "bwd_dx": dx from dpre) have a tile each; the time-major ones are session 13's
 # sweep at (8, 2048, 2048) and (8, 1536, 2048), the mixer's shapes in a 370M and a 130M training step. "bwd" is the
-# one-pass backward (session 14): pass 1's tile, not yet timed on a GPU (kernels/NOTES.md).
+# one-pass backward (session 14): pass 1's tile, best of ten in session 15's sweep at (8, 2048, 2048) (kernels/NOTES.md).
 CONFIGS = {
     "fwd": dict(BLOCK_D=8, BLOCK_L=256, num_warps=4),
     "bwd": dict(BLOCK_D=8, BLOCK_L=128, num_warps=4),
