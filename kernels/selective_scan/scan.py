@@ -67,7 +67,9 @@ included: time-major memory and channel-last memory (a transposed `[batch, seqle
 layers give it) both go through without a copy, and out/du/ddelta/dz/dB/dC take their input's layout. The channels
 are the tiles' fastest axis, so channel-last loads are the coalesced ones.
 
-dB/dC (shared by the channels of a group) are summed over each program's channels in registers, then across programs
+dB/dC (shared by the channels of a group) are summed over each program's channels in registers (for the dstate-16
+blocks by a reduce-scatter across the channel lanes, `DBC_SCATTER`, session 16: the backward 11% faster at the 370M
+shape than a full sum per step), then across programs
 either from per-program fp32 slices (`DBC_REDUCTION = "partials"`, summed by PyTorch) or by fp32 atomics; dA, dD and
 d delta_bias (shared by the batch) are accumulated per program and added with one atomic each.
 """
@@ -100,6 +102,9 @@ CONFIGS: dict[str, dict[int, dict[str, int]]] = {
 # PyTorch afterwards ("partials", which fall back to atomics above PARTIALS_MAX_BYTES of scratch). Both timed the same
 # on an H100 (3.35 vs 3.50 ms fwd+bwd at (8, 1536, 2048, 16)); atomics need no scratch.
 DBC_REDUCTION = "atomics"
+# Within a program, the sums of dB/dC over its channels: a reduce-scatter (each channel ends with one step's dB or
+# dC; needs BLOCK_D == 2 * BLOCK_L, the dstate-16 blocks) instead of a full sum over the channel lanes per step.
+DBC_SCATTER = True
 PARTIALS_MAX_BYTES = 2 << 30
 # Programs per SM below which the grid counts as underfilled, per direction: a long enough sequence is then cut into
 # segments (see the module docstring), else the channel block shrinks (down to 2) to make more programs. Forward 8: an
@@ -441,6 +446,21 @@ def _bc_accumulate(ptrs, value, mask, PARTIALS: tl.constexpr):
         tl.atomic_add(ptrs, value, mask=mask & (copy == 0), sem="relaxed")
 
 
+@triton.jit
+def _exchange_halves(first, second, bit: tl.constexpr):
+    # One level of a reduce-scatter over the channel axis (axis 1) of two [1, BLOCK_D, BLOCK_N] tiles: channel c and
+    # its partner c ^ 2^bit each keep one tile and send the other, so c gets `first` (bit clear) or `second` (bit
+    # set) summed over the pair. With the channels on the lanes the partner's value is one shuffle away: a full sum
+    # over the BLOCK_D lanes of both tiles would take log2(BLOCK_D) shuffles and adds each, the scatter halves the
+    # tiles at every level (kernels/NOTES.md, session 16).
+    channel = tl.arange(0, first.shape[1])[None, :, None]
+    upper = ((channel >> bit) & 1) == 1  # [1, BLOCK_D, 1]
+    keep = tl.where(upper, second, first)
+    send = tl.where(upper, first, second)
+    partner = tl.broadcast_to(channel ^ (1 << bit), send.shape)
+    return keep + tl.gather(send, partner, 1)
+
+
 @triton.jit(do_not_specialize=["stride_states_n"])
 def _selective_scan_bwd_kernel(
     dout_ptr,
@@ -535,6 +555,7 @@ def _selective_scan_bwd_kernel(
     SAVE_EVERY: tl.constexpr,
     N_LANES: tl.constexpr,
     WIDE: tl.constexpr,
+    SCATTER_DBC: tl.constexpr,
 ):
     # Program (channel block, batch, segment): steps [t_lo, t_hi) (chunks [seg * seg_chunks, ...)) in reverse, from
     # dL/dh[t_hi - 1] through the steps after the segment, read from dend_ptr (zero without HAS_DEND).
@@ -619,6 +640,14 @@ def _selective_scan_bwd_kernel(
         q = tl.load(dend_ptrs + seg * stride_dend_s, mask=mask_nd, other=0.0).to(tl.float32)  # dL/dh[t_hi - 1]
     else:
         q = tl.zeros([1, BLOCK_D, BLOCK_N], dtype=tl.float32)
+    if SCATTER_DBC:
+        # dB/dC by reduce-scatter over the channels (see _exchange_halves): channel c of the block ends up with the
+        # block's sum for step BLOCK_L - 1 - c // 2 of the chunk, of dB if c is even and of dC if odd.
+        channel3 = tl.arange(0, BLOCK_D)[None, :, None]  # [1, BLOCK_D, 1], the channel within the block
+        own_j = BLOCK_L - 1 - channel3 // 2
+        own_dB = dB_row + (dB_n + own_j * stride_dB_l)  # [1, BLOCK_D, BLOCK_N]; the chunk's t0 is added per chunk
+        own_dC = dC_row + (dC_n + own_j * stride_dC_l)
+        own_is_dC = (channel3 % 2) == 1
     dA_acc = tl.zeros([1, BLOCK_D, BLOCK_N], dtype=tl.float32)
     dD_acc = tl.zeros([1, BLOCK_D, 1], dtype=tl.float32)
     dbias_acc = tl.zeros([1, BLOCK_D, 1], dtype=tl.float32)
@@ -667,16 +696,21 @@ def _selective_scan_bwd_kernel(
                 at_j = l3 == j
                 h = tl.exp2(_at(dt, at_j) * A2) * h + _at(dtu, at_j) * _at(Bc, at_j)
                 hs = tl.where(at_j, h, hs)
-            dB = tl.zeros([BLOCK_L, 1, BLOCK_N], dtype=tl.float32)
-            dC = tl.zeros([BLOCK_L, 1, BLOCK_N], dtype=tl.float32)
+            if SCATTER_DBC:
+                dbc_parts = ()  # per step (last first): the step's dB or dC summed over channel pairs
+            else:
+                dB = tl.zeros([BLOCK_L, 1, BLOCK_N], dtype=tl.float32)
+                dC = tl.zeros([BLOCK_L, 1, BLOCK_N], dtype=tl.float32)
             gB = tl.zeros([BLOCK_L, BLOCK_D, 1], dtype=tl.float32)  # sum_n g B
             gah_A = tl.zeros([BLOCK_L, BLOCK_D, 1], dtype=tl.float32)  # sum_n g a[t] h[t-1] A log2(e)
             if HAS_Z:
                 yc = tl.zeros([BLOCK_L, BLOCK_D, 1], dtype=tl.float32)  # sum_n C h
 
         # Backward over the chunk: g[t] = C[t] dy[t] + q, then q <- a[t] g[t]. dB/dC (sums over the channels, across
-        # the lanes) are gathered into [BLOCK_L, 1, BLOCK_N] tiles and added to memory once per chunk (atomics after
-        # every step measured 1.6-7x slower: kernels/NOTES.md, v9).
+        # the lanes) are added to memory once per chunk (atomics after every step measured 1.6-7x slower:
+        # kernels/NOTES.md, v9): with SCATTER_DBC each step's two tiles are halved over the channel pairs here and the
+        # rest of the reduce-scatter runs after the walk; otherwise each step's sums over all the channel lanes are
+        # gathered into [BLOCK_L, 1, BLOCK_N] tiles.
         for jj in tl.static_range(BLOCK_L):
             j = BLOCK_L - 1 - jj
             at_j = l3 == j
@@ -697,8 +731,11 @@ def _selective_scan_bwd_kernel(
                 gah_A = tl.where(at_j, tl.sum(g_ah * A2, axis=2, keep_dims=True), gah_A)
                 if HAS_Z:
                     yc = tl.where(at_j, tl.sum(h_j * C_j, axis=2, keep_dims=True), yc)
-                dB = tl.where(at_j, tl.sum(g * dtu_j, axis=1, keep_dims=True), dB)  # [BLOCK_L, 1, BLOCK_N]
-                dC = tl.where(at_j, tl.sum(h_j * dy_j, axis=1, keep_dims=True), dC)
+                if SCATTER_DBC:
+                    dbc_parts = dbc_parts + (_exchange_halves(g * dtu_j, h_j * dy_j, 0),)
+                else:
+                    dB = tl.where(at_j, tl.sum(g * dtu_j, axis=1, keep_dims=True), dB)  # [BLOCK_L, 1, BLOCK_N]
+                    dC = tl.where(at_j, tl.sum(h_j * dy_j, axis=1, keep_dims=True), dC)
 
         if not SEGMENT_ADJOINT:
             # The chunk's per-channel gradients, from the sums gathered above and the tiles reloaded (cheaper in
@@ -725,8 +762,24 @@ def _selective_scan_bwd_kernel(
             ddt = tl.where(mask_td, ddt, 0.0)
             dbias_acc += tl.sum(ddt, axis=0, keep_dims=True)
             _seq_store(_chunk_steps(ddelta_cols, t0, l3, stride_ddelta_l), ddt, mask_td)
-            _bc_accumulate(dB_row + t0 * stride_dB_l + (dB_n + l3 * stride_dB_l), dB, mask_tn, DBC_PARTIALS)
-            _bc_accumulate(dC_row + t0 * stride_dC_l + (dC_n + l3 * stride_dC_l), dC, mask_tn, DBC_PARTIALS)
+            if SCATTER_DBC:
+                # Pair the steps' halves up the channel bits until each channel holds one full sum.
+                for level in tl.static_range(1, BLOCK_L.bit_length()):
+                    paired = ()
+                    for k in tl.static_range(len(dbc_parts) // 2):
+                        paired = paired + (_exchange_halves(dbc_parts[2 * k], dbc_parts[2 * k + 1], level),)
+                    dbc_parts = paired
+                own_sum = dbc_parts[0]  # [1, BLOCK_D, BLOCK_N]
+                # Every channel of the block writes its sum, masked channels (past dim) included.
+                own_ptrs = tl.where(own_is_dC, own_dC + t0 * stride_dC_l, own_dB + t0 * stride_dB_l)
+                own_mask = (chunk * BLOCK_L + own_j < seqlen) & mask_n3
+                if DBC_PARTIALS:
+                    tl.store(own_ptrs, own_sum, mask=own_mask)
+                else:
+                    tl.atomic_add(own_ptrs, own_sum, mask=own_mask, sem="relaxed")
+            else:
+                _bc_accumulate(dB_row + t0 * stride_dB_l + (dB_n + l3 * stride_dB_l), dB, mask_tn, DBC_PARTIALS)
+                _bc_accumulate(dC_row + t0 * stride_dC_l + (dC_n + l3 * stride_dC_l), dC, mask_tn, DBC_PARTIALS)
 
     if not SEGMENT_ADJOINT:
         tl.atomic_add(dA_ptr + d3 * dstate + n3 * stride_states_n, dA_acc, mask=mask_nd, sem="relaxed")
@@ -1120,6 +1173,7 @@ def _selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initia
             BLOCK_N=triton.next_power_of_2(dstate),
             N_LANES=_lanes_over_states(cfg["num_warps"], triton.next_power_of_2(dstate), block_d),
             WIDE=_wide_offsets(dstate, cfg["BLOCK_L"], B_strides, C_strides, dB_parts.stride(), dC_parts.stride()),
+            SCATTER_DBC=DBC_SCATTER and block_d == 2 * cfg["BLOCK_L"],
             **cfg,
         )
         n_blocks = triton.cdiv(dim, block_d)

@@ -111,11 +111,15 @@ def test_scan_grouped(groups, dim):
 
 @pytest.mark.parametrize("groups", [None, 2])
 @pytest.mark.parametrize("reduction", ["atomics", "partials"])
-def test_scan_dB_dC_reductions(monkeypatch, reduction, groups):
+@pytest.mark.parametrize("scatter", [True, False], ids=["scatter", "all-reduce"])
+def test_scan_dB_dC_reductions(monkeypatch, reduction, groups, scatter):
+    # Across programs: atomics or partial slices; within one (two 8-channel blocks, 4-step chunks): a reduce-scatter
+    # over the channels or a full sum over them per step.
     from kernels.selective_scan import scan
 
     monkeypatch.setattr(scan, "DBC_REDUCTION", reduction)
-    check(make_inputs(2, 4, 30, 4, torch.float32, groups=groups))
+    monkeypatch.setattr(scan, "DBC_SCATTER", scatter)
+    check(make_inputs(2, 16, 30, 4, torch.float32, groups=groups))
 
 
 def test_scan_grouped_bf16_dstate_not_power_of_two():
