@@ -100,7 +100,7 @@ def step_ab(module, attr, values, rounds):
             ms, peak, clocks = tt.time_steps(
                 model, 8, 2048, steps=20, warmup=3, backend="triton", fused_loss=True, cuda_graph=True
             )
-            print(f"step 370M {attr}={value!r} round {rnd}: {ms:.2f} ms = {8 * 2048 / ms / 1e3:.2f}k tokens/s, "
+            print(f"step 370M {attr}={value!r} round {rnd}: {ms:.2f} ms = {8 * 2048 / ms:.2f}k tokens/s, "
                   f"{peak:.1f} GiB, {clocks}", flush=True)  # fmt: skip
             del model
             torch.cuda.empty_cache()
